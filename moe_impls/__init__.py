@@ -1,0 +1,39 @@
+"""MoE layers under test, over one shared set of weights: routers, implementations, losses, dense baselines.
+
+cfg = MoEConfig(d_model=512, d_ff=1024, num_experts=8, top_k=2)
+weights = MoEWeights(cfg)
+layer = moe_impls.get("sort_group")(weights)
+y, routing = layer(x)
+"""
+
+from moe_impls import dense_all, loop, padded, sort_group  # noqa: F401  (registers the implementations)
+from moe_impls.config import ACTIVATIONS, ROUTERS, SKEWS, MoEConfig, SyntheticRouting
+from moe_impls.dense import BASELINES, DenseFFN, flop_matched, param_matched
+from moe_impls.hf import from_transformers
+from moe_impls.layer import MoELayer
+from moe_impls.registry import get, names, register
+from moe_impls.routing import Router, RoutingRecord
+from moe_impls.weights import MoEWeights
+
+REFERENCE = "dense_all"
+
+__all__ = [
+    "ACTIVATIONS",
+    "BASELINES",
+    "REFERENCE",
+    "ROUTERS",
+    "SKEWS",
+    "DenseFFN",
+    "MoEConfig",
+    "MoELayer",
+    "MoEWeights",
+    "Router",
+    "RoutingRecord",
+    "SyntheticRouting",
+    "flop_matched",
+    "from_transformers",
+    "get",
+    "names",
+    "param_matched",
+    "register",
+]

@@ -1,0 +1,47 @@
+"""The MoE layer every implementation shares: route, compute the experts, restore the input's shape.
+
+An implementation subclasses `MoELayer` and overrides only `compute_experts`, the dispatch-and-compute
+stage; routing, weights and the fp32 combine are shared, so two rows of a benchmark differ in nothing else.
+Legend: T tokens, D d_model, E experts, N assignments.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from moe_impls.routing import Router, RoutingRecord
+from moe_impls.weights import MoEWeights
+
+
+class MoELayer(nn.Module):
+    name: ClassVar[str] = "abstract"
+
+    def __init__(self, weights: MoEWeights) -> None:
+        super().__init__()
+        self.cfg = weights.cfg
+        self.weights = weights  # a shared submodule: every layer built on it trains and times the same tensors
+        self.router = Router(weights.cfg)
+
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, RoutingRecord]:
+        """[..., D] -> ([..., D], routing record)."""
+        self._check_input(hidden)
+        x_TD = hidden.reshape(-1, self.cfg.d_model)
+        routing = self.router(self.weights, x_TD, self.training)
+        y_TD, routing.computed_rows = self.compute_experts(x_TD, routing)
+        return y_TD.to(hidden.dtype).view(hidden.shape), routing
+
+    def compute_experts(self, x_TD: torch.Tensor, routing: RoutingRecord) -> tuple[torch.Tensor, int]:
+        """Return the combined expert output [T, D] (fp32 or the input dtype) and the rows the matmuls computed."""
+        raise NotImplementedError
+
+    def _check_input(self, hidden: torch.Tensor) -> None:
+        where = f"{type(self).__name__}({self.name})"
+        if hidden.dim() == 0 or hidden.shape[-1] != self.cfg.d_model:
+            raise ValueError(f"{where}: expected hidden states [..., {self.cfg.d_model}], got {tuple(hidden.shape)}")
+        if hidden.dtype != self.weights.dtype:
+            raise ValueError(f"{where}: expected dtype {self.weights.dtype} (the weights'), got {hidden.dtype}")
+        if hidden.device != self.weights.device:
+            raise ValueError(f"{where}: expected device {self.weights.device} (the weights'), got {hidden.device}")

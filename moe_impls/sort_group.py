@@ -1,0 +1,48 @@
+"""Sort-and-group: order the assignments by expert, run grouped GEMMs over the contiguous segments.
+
+`grouped_mm` is the seam: `torch.nn.functional.grouped_mm` where the device and dtype allow it
+(CUDA: bf16; CPU: any float; rows aligned to 16 bytes), else a per-segment loop that computes the same.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from moe_impls.experts import activate, combine
+from moe_impls.layer import MoELayer
+from moe_impls.registry import register
+from moe_impls.routing import RoutingRecord
+
+
+def grouped_mm_supported(x_NI: torch.Tensor, w_EOI: torch.Tensor) -> bool:
+    """What the torch kernel requires: same dtype, bf16 on CUDA, and 16-byte aligned contraction rows."""
+    if not hasattr(F, "grouped_mm") or x_NI.dtype != w_EOI.dtype or not x_NI.dtype.is_floating_point:
+        return False
+    if x_NI.device.type == "cuda" and x_NI.dtype != torch.bfloat16:
+        return False
+    if x_NI.device.type not in ("cuda", "cpu"):
+        return False
+    return (x_NI.shape[-1] * x_NI.element_size()) % 16 == 0
+
+
+@register("sort_group")
+class SortGroupMoE(MoELayer):
+    def compute_experts(self, x_TD: torch.Tensor, routing: RoutingRecord) -> tuple[torch.Tensor, int]:
+        experts = self.weights.experts
+        with torch.no_grad():
+            order_N = torch.sort(routing.expert_idx_N, stable=True).indices
+            token_idx_N = routing.token_idx_N[order_N]
+            offsets_E = torch.cumsum(routing.tokens_per_expert_E, 0).to(torch.int32)
+        x_ND = x_TD[token_idx_N]
+        h_NH = self.grouped_mm(x_ND, experts.w_in_EHD, offsets_E)
+        out_ND = self.grouped_mm(activate(h_NH, self.cfg.activation), experts.w_out_EDF, offsets_E)
+        return combine(x_TD.shape[0], token_idx_N, out_ND, routing.weight_N[order_N]), token_idx_N.numel()
+
+    def grouped_mm(self, x_NI: torch.Tensor, w_EOI: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:
+        """Rows of segment e (ending at offsets_E[e]) times w_EOI[e].T -> [N, O]."""
+        if grouped_mm_supported(x_NI, w_EOI):
+            return F.grouped_mm(x_NI, w_EOI.transpose(-2, -1), offs=offsets_E)
+        counts = torch.diff(offsets_E, prepend=offsets_E.new_zeros(1)).tolist()
+        segments = torch.split(x_NI, counts)
+        return torch.cat([seg @ w_EOI[e].t() for e, seg in enumerate(segments)])

@@ -1,0 +1,96 @@
+"""The one set of weights every implementation runs on, in the transformers v5 layout.
+
+Shapes (E experts, D d_model, F d_ff):
+    router.weight            [E, D]
+    experts.gate_up_proj     [E, 2F, D]   SwiGLU: gate rows first, then up rows
+    experts.up_proj          [E, F, D]    GELU
+    experts.down_proj        [E, D, F]
+Building two implementations over one `MoEWeights` gives modules that share these parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from moe_impls.config import MoEConfig
+
+
+class RouterWeights(nn.Module):
+    """Router projection, plus the noise projection (noisy top-k) or selection bias (sigmoid top-k)."""
+
+    def __init__(self, cfg: MoEConfig, device: torch.device | str | None, dtype: torch.dtype) -> None:
+        super().__init__()
+        E, D = cfg.num_experts, cfg.d_model
+        self.weight = nn.Parameter(torch.empty(E, D, device=device, dtype=dtype))
+        self.noise_weight = (
+            nn.Parameter(torch.empty(E, D, device=device, dtype=dtype)) if cfg.router == "noisy_topk" else None
+        )
+        # DeepSeek-V3's name; updated by a balancing rule, never by gradients, so it is a buffer.
+        bias = torch.zeros(E, device=device, dtype=torch.float32) if cfg.router == "sigmoid_topk" else None
+        self.register_buffer("e_score_correction_bias", bias)
+
+
+class ExpertWeights(nn.Module):
+    """Stacked expert FFN weights."""
+
+    def __init__(self, cfg: MoEConfig, device: torch.device | str | None, dtype: torch.dtype) -> None:
+        super().__init__()
+        E, D, F = cfg.num_experts, cfg.d_model, cfg.d_ff
+        self.activation = cfg.activation
+        w_in = nn.Parameter(torch.empty(E, cfg.expert_in_features, D, device=device, dtype=dtype))
+        if cfg.activation == "swiglu":
+            self.gate_up_proj = w_in
+        else:
+            self.up_proj = w_in
+        self.down_proj = nn.Parameter(torch.empty(E, D, F, device=device, dtype=dtype))
+
+    @property
+    def w_in_EHD(self) -> torch.Tensor:
+        """First projection, H = 2F (SwiGLU) or F (GELU)."""
+        return self.gate_up_proj if self.activation == "swiglu" else self.up_proj
+
+    @property
+    def w_out_EDF(self) -> torch.Tensor:
+        return self.down_proj
+
+
+class MoEWeights(nn.Module):
+    """Router and experts of one layer; pass the same instance to every implementation under comparison."""
+
+    def __init__(
+        self,
+        cfg: MoEConfig,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        seed: int | None = 0,
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.router = RouterWeights(cfg, device, dtype)
+        self.experts = ExpertWeights(cfg, device, dtype)
+        if seed is not None:
+            self.reset_parameters(seed)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.experts.down_proj.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.experts.down_proj.device
+
+    @torch.no_grad()
+    def reset_parameters(self, seed: int) -> None:
+        """Seeded normal init, std 1/sqrt(fan_in), drawn on the CPU so every device gets the same weights."""
+        gen = torch.Generator().manual_seed(seed)
+        for p in self.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
+
+    def expert_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.experts.parameters())
+
+    def nbytes(self) -> int:
+        """Bytes of all parameters and buffers: what must be resident to run the layer."""
+        tensors = list(self.parameters()) + list(self.buffers())
+        return sum(t.numel() * t.element_size() for t in tensors)
