@@ -1,0 +1,75 @@
+"""The results format: `run.json` (one per run) and `results.jsonl` (one row per implementation x point).
+
+Every column is listed here with its unit and meaning; the README links to this file. Rows are tidy:
+`pandas.read_json(path, lines=True)` loads a run. Floats are written at full precision; absent values are null.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+STATUSES = ("ok", "wrong", "oom", "error", "skipped")
+
+RESULT_COLUMNS: dict[str, str] = {
+    # identity of the point
+    "point_id": "stable hash of the point's parameters (shape, dtype, mode, routing); equal across runs",
+    "impl": "implementation or baseline name (loop, padded, sort_group, dense_all, param_matched, flop_matched, ...)",
+    "family": "'moe' for MoE implementations, 'dense' for the dense baselines",
+    "tokens": "tokens per call (T)",
+    "d_model": "hidden size (D)",
+    "d_ff": "hidden size of one expert (F)",
+    "num_experts": "experts (E)",
+    "top_k": "experts per token (k)",
+    "activation": "'swiglu' or 'gelu'",
+    "dtype": "'float32', 'bfloat16' or 'float16'",
+    "mode": "'forward' or 'train' (forward + backward)",
+    "router": "learned router kind (softmax_topk, noisy_topk, sigmoid_topk, expert_choice)",
+    "routing": "router kind, or the synthetic skew that overrode its choice (uniform, zipf1.2, hot0.5, collapse)",
+    "capacity_factor": "capacity factor, null = dropless",
+    "device": "'cpu' or 'cuda'",
+    "world_size": "processes the point ran on (1 unless expert parallel)",
+    # outcome
+    "status": "ok | wrong (output differs from the reference; never timed) | oom | error | skipped",
+    "error": "one-line reason when status is not ok, else null",
+    "max_abs_err": "largest |output - reference output| over the point's input (null for dense baselines)",
+    "tolerance": "the max_abs_err allowed for this dtype and output scale",
+    # timing (milliseconds per call)
+    "timer": "perf_counter (CPU), cuda_event, or cuda_graph (launch overhead removed)",
+    "samples_ms": "every timed repetition, in order",
+    "n_samples": "number of timed repetitions",
+    "latency_ms_median": "median of samples_ms",
+    "latency_ms_mean": "mean of samples_ms",
+    "latency_ms_min": "minimum of samples_ms",
+    "latency_ms_p10": "10th percentile (linear interpolation)",
+    "latency_ms_p90": "90th percentile",
+    "latency_ms_p99": "99th percentile",
+    "latency_ms_iqr": "interquartile range p75 - p25",
+    "rel_iqr": "latency_ms_iqr / latency_ms_median: the noise the stopping rule looked at",
+    # derived throughput
+    "tokens_per_s": "tokens / median latency",
+    "flops": "floating-point operations per call, counted analytically from the assigned tokens (see suites/flops.py)",
+    "tflops": "flops / median latency / 1e12",
+    "peak_fraction": "tflops / the matmul peak measured on this device in this dtype at the start of the run",
+    "bytes_min": "bytes a call must move at least: weights of the experts the routing touched + input and output",
+    "arith_intensity": "flops / bytes_min (FLOP per byte), the roofline's x axis",
+    "bound_ms": "roofline lower bound max(flops / peak, bytes_min / bandwidth) with this run's measured peaks",
+    # memory
+    "mem_kind": "'cuda' (torch.cuda peak stats) or 'cpu' (torch profiler memory events); null when not measured",
+    "peak_mem_bytes": "peak bytes allocated during one call, weights and input included",
+    "reserved_mem_bytes": "CUDA: peak bytes reserved by the caching allocator; CPU: null",
+    "weight_bytes": "bytes of the layer's parameters (all experts resident)",
+    "activation_bytes": "peak_mem_bytes - weight_bytes - input bytes: activations and workspace",
+    # load balance (MoE rows; from the routing of the timed input)
+    "tokens_per_expert": "list, assignments each expert computed",
+    "load_cv": "coefficient of variation of tokens_per_expert (population std / mean)",
+    "load_max_over_mean": "max / mean of tokens_per_expert",
+    "dropped_fraction": "assignments dropped by capacity / assignments chosen",
+    "importance_cv2": "CV^2 of the per-expert sum of gate values (Shazeer 2017)",
+    "routing_entropy": "mean over tokens of the entropy of the router distribution (nats)",
+    "computed_rows": "rows the expert matmuls computed (padding and dense_all's idle rows included)",
+    "padded_fraction": "1 - assignments / computed_rows: work spent on padding or on unrouted rows",
+    # energy
+    "energy_j": "NVML total-energy counter difference over the timed loop / repetitions (J per call), null if unavailable",
+    "joules_per_token": "energy_j / tokens",
+    "energy_note": "why energy is null (no NVML, counter unsupported, too short to move the counter)",
+}
