@@ -9,6 +9,7 @@ y, routing = layer(x)
 from moe_impls import dense_all, loop, padded, sort_group  # noqa: F401  (registers the implementations)
 from moe_impls.config import ACTIVATIONS, ROUTERS, SKEWS, MoEConfig, SyntheticRouting
 from moe_impls.dense import BASELINES, DenseFFN, flop_matched, param_matched
+from moe_impls.expert_parallel import ExpertParallelMoE  # not registered: it needs a process group
 from moe_impls.hf import from_transformers
 from moe_impls.layer import MoELayer
 from moe_impls.registry import get, names, register
@@ -24,6 +25,7 @@ __all__ = [
     "ROUTERS",
     "SKEWS",
     "DenseFFN",
+    "ExpertParallelMoE",
     "MoEConfig",
     "MoELayer",
     "MoEWeights",
