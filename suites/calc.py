@@ -1,0 +1,212 @@
+"""`moe-bench calc MODEL_OR_FILE`: what a real MoE model holds in memory against what one token costs.
+
+MODEL_OR_FILE is a preset name (`moe_impls.models.PRESETS`), a TOML/JSON file of `ModelConfig` fields, or a
+transformers `config.json`. The human table shows the article's point side by side: every parameter is resident,
+but a token pays only for its active ones, like a dense model of that size. `--json` prints one object with the
+same numbers as integers. Counting conventions are in `moe_impls.accounting`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from moe_impls import accounting as acc
+from moe_impls.hf_config import from_hf_config
+from moe_impls.models import PRESETS, ModelConfig, Published, names
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
+REQUIRED_FIELDS = [
+    f.name
+    for f in dataclasses.fields(ModelConfig)
+    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+]
+HF_MARKERS = ("model_type", "architectures", "hidden_size")  # keys a transformers config has and ours lacks
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("calc", help="parameter, FLOP and memory accounting of a real MoE model")
+    p.add_argument("model", metavar="MODEL_OR_FILE", help=f"preset ({', '.join(names())}) or TOML/JSON path")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--dtype", choices=tuple(acc.DTYPE_BYTES), default="bf16", help="weight dtype (default bf16)")
+    p.add_argument(
+        "--context", type=int, default=4096, help="positions a token attends to, for attention FLOPs (default 4096)"
+    )
+    p.set_defaults(func=run)
+
+
+def load_model(spec: str) -> tuple[ModelConfig, Published | None]:
+    """A preset (with its published figures) or a config file; ValueError with one line on any mistake."""
+    if spec in PRESETS:
+        return PRESETS[spec].config, PRESETS[spec].published
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"{spec!r} is neither a preset ({', '.join(names())}) nor an existing file")
+    try:
+        text = path.read_text()
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
+        kind = "TOML" if path.suffix == ".toml" else "JSON"
+        raise ValueError(f"{path}: not valid {kind}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected an object of ModelConfig fields, got {type(data).__name__}")
+    try:
+        if any(key in data for key in HF_MARKERS):
+            return from_hf_config(data, name=data.get("_name_or_path") or path.stem), None
+        return _model_config(data, path), None
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+def _model_config(data: dict[str, Any], path: Path) -> ModelConfig:
+    unknown = sorted(set(data) - MODEL_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown field {unknown[0]!r}; ModelConfig fields are {', '.join(sorted(MODEL_FIELDS))}")
+    missing = [f for f in REQUIRED_FIELDS if f not in data]
+    if missing:
+        raise ValueError(f"missing field {missing[0]!r} (required: {', '.join(REQUIRED_FIELDS)})")
+    return ModelConfig(**{"name": path.stem, **data})
+
+
+def report(cfg: ModelConfig, dtype: str, context: int, published: Published | None = None) -> dict[str, Any]:
+    """Every number the table shows, as integers, in one JSON-ready dict."""
+    total, active = acc.breakdown(cfg), acc.active_breakdown(cfg)
+    dense = acc.equal_active_dense(cfg)
+    layer = cfg.moe_layer()
+    out: dict[str, Any] = {
+        "model": cfg.name,
+        "total_params": sum(total.values()),
+        "active_params": sum(active.values()),
+        "checkpoint_params": acc.checkpoint_params(cfg),
+        "breakdown": {key: {"total": total[key], "active": active[key]} for key in acc.BREAKDOWN_KEYS},
+        "layers": cfg.num_layers + cfg.num_encoder_layers,
+        "encoder_layers": cfg.num_encoder_layers,
+        "moe_layers": cfg.num_moe_layers if cfg.is_moe else 0,
+        "moe_layer": {
+            **{k: getattr(layer.config, k) for k in ("d_model", "d_ff", "num_experts", "top_k", "activation")},
+            "num_shared_experts": layer.num_shared_experts,
+            "shared_d_ff": layer.shared_d_ff if layer.num_shared_experts else 0,
+        },
+        "dtype": dtype,
+        "weight_bytes": acc.weight_bytes(sum(total.values()), dtype),
+        "active_weight_bytes": acc.weight_bytes(sum(active.values()), dtype),
+        "matmul_params_per_token": acc.matmul_params_per_token(cfg),
+        "flops_per_token": acc.flops_per_token(cfg),
+        "moe_flops_per_token": acc.moe_flops_per_token(cfg),
+        "context": context,
+        "attention_flops_per_token": acc.attention_flops_per_token(cfg, context),
+        "dense_equal_active": {
+            "total_params": acc.total_params(dense),
+            "flops_per_token": acc.flops_per_token(dense),
+            "weight_bytes": acc.weight_bytes(acc.total_params(dense), dtype),
+        },
+        "published": None,
+    }
+    if published is not None:
+        out["published"] = {
+            **dataclasses.asdict(published),
+            "active_excludes": list(published.active_excludes),
+            "comparable_active_params": acc.active_params_excluding(cfg, published.active_excludes),
+        }
+    return out
+
+
+def _si(n: float, unit: str = "") -> str:
+    """12880000000 -> '12.88B': three significant decimals, so small and large models read alike."""
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{suffix}{unit}"
+    return f"{n:g}{unit}" if n else "0"
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def _gflop(n: int) -> str:
+    return f"{n / 1e9:.2f} GFLOP"
+
+
+def _as_published(n: float) -> str:
+    """46.7e9 -> '46.7B': the figure with the digits it was published with."""
+    return f"{n / 1e9:g}B" if n >= 1e9 else f"{n / 1e6:g}M"
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The human table: components, then memory against per-token cost, then the equal-active dense model."""
+    layer, total, active = r["moe_layer"], r["total_params"], r["active_params"]
+    shared = (
+        f" + {layer['num_shared_experts']} shared of d_ff {layer['shared_d_ff']}" if layer["num_shared_experts"] else ""
+    )
+    stacks = (
+        f"{r['encoder_layers']} encoder + {r['layers'] - r['encoder_layers']} decoder"
+        if r["encoder_layers"]
+        else r["layers"]
+    )
+    lines = [
+        f"{r['model']}: {stacks} layers, {r['moe_layers']} MoE ({layer['num_experts']} experts of d_ff "
+        f"{layer['d_ff']}, top-{layer['top_k']}{shared}), d_model {layer['d_model']}",
+        "",
+        f"{'component':<16}{'total params':>14}{'active / token':>16}",
+    ]
+    for key, counts in r["breakdown"].items():
+        lines.append(f"{key:<16}{_si(counts['total']):>14}{_si(counts['active']):>16}")
+    lines.append(f"{'total':<16}{_si(total):>14}{_si(active):>16}   ({active / total:.1%} of the weights per token)")
+    if r["checkpoint_params"] != total:
+        lines.append(f"{'checkpoint':<16}{_si(r['checkpoint_params']):>14}   (with the MTP module, not in total)")
+    flops, moe, dense, dt = r["flops_per_token"], r["moe_flops_per_token"], r["dense_equal_active"], r["dtype"]
+    rows = [
+        (f"resident weights ({dt})", _gb(r["weight_bytes"]), "every expert must be in memory"),
+        (f"active weights ({dt})", _gb(r["active_weight_bytes"]), "what one token touches"),
+        ("forward FLOPs / token", _gflop(flops), f"= 2 x {_si(r['matmul_params_per_token'])} matmul weights"),
+        ("  of which in MoE layers", _gflop(moe), f"({moe / flops:.1%})"),
+        (
+            f"  + attention at context {r['context']}",
+            _gflop(r["attention_flops_per_token"]),
+            "(QK^T and AV, grows with context)",
+        ),
+    ]
+    lines += ["", *(f"{label:<32}{value:>14}   {note}" for label, value, note in rows)]
+    lines += [
+        "",
+        f"dense model of equal active parameters: {_si(dense['total_params'])} params, "
+        f"{_gb(dense['weight_bytes'])} ({dt}), {_gflop(dense['flops_per_token'])} / token",
+        f"=> memory of a {_si(total)} model ({total / dense['total_params']:.1f}x the equal-active dense one), "
+        f"per-token compute of a {_si(dense['total_params'])} dense model",
+    ]
+    pub = r["published"]
+    if pub is not None:
+        ours = pub["comparable_active_params"]
+        excl = f" (without {', '.join(pub['active_excludes'])})" if pub["active_excludes"] else ""
+        lines += [
+            "",
+            f"published: {_as_published(pub['total'])} total (ours {total / pub['total'] - 1:+.2%}), "
+            f"{_as_published(pub['active'])} active{excl} (ours {_si(ours)}, {ours / pub['active'] - 1:+.2%})",
+            f"  source: {pub['source']}",
+            f"  active counts: {pub['active_counts']}",
+        ]
+        if pub["note"]:
+            lines.append(f"  note: {pub['note']}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.context < 0:
+            raise ValueError(f"--context must be >= 0, got {args.context}")
+        cfg, published = load_model(args.model)
+        r = report(cfg, args.dtype, args.context, published)
+    except ValueError as exc:
+        print(f"moe-bench calc: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    print(json.dumps(r, indent=2) if args.json else format_report(r))
+    return 0

@@ -1,0 +1,123 @@
+"""`moe-bench calc`: presets, config files and transformers configs in; a table or one JSON object out; exit 2 on
+bad input with one line on stderr."""
+
+import argparse
+import json
+
+import pytest
+
+from suites import calc
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="moe-bench")
+    calc.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def calc_json(capsys, *argv: str) -> dict:
+    assert main(["calc", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_json_has_integer_counts(capsys):
+    out = calc_json(capsys, "mixtral-8x7b")
+    assert out["total_params"] == 46_702_792_704
+    assert isinstance(out["active_params"], int) and 12.8e9 < out["active_params"] < 13.0e9
+    assert set(out["breakdown"]) == {
+        "embeddings", "attention", "dense_ffn", "routed_experts", "shared_experts", "routers", "norms", "lm_head",
+    }  # fmt: skip
+    assert sum(v["total"] for v in out["breakdown"].values()) == out["total_params"]
+    assert sum(v["active"] for v in out["breakdown"].values()) == out["active_params"]
+    assert out["weight_bytes"] == 2 * out["total_params"]
+    assert out["moe_layer"] == {
+        "d_model": 4096, "d_ff": 14336, "num_experts": 8, "top_k": 2, "activation": "swiglu",
+        "num_shared_experts": 0, "shared_d_ff": 0,
+    }  # fmt: skip
+    assert out["published"]["total"] == 46.7e9
+
+
+def test_table_shows_resident_against_active(capsys):
+    assert main(["calc", "mixtral-8x7b"]) == 0
+    text = capsys.readouterr().out
+    assert "46.70B" in text and "12.88B" in text
+    assert "93.41 GB" in text  # all 46.7B parameters resident in bf16
+    assert "dense model of equal active parameters: 12.88B" in text
+
+
+def test_dtype_and_context(capsys):
+    out = calc_json(capsys, "olmoe-1b-7b", "--dtype", "fp8", "--context", "0")
+    assert out["weight_bytes"] == out["total_params"]
+    assert out["attention_flops_per_token"] == 0
+
+
+TOY_TOML = """\
+vocab_size = 10
+d_model = 4
+num_layers = 2
+num_heads = 2
+num_kv_heads = 1
+head_dim = 2
+d_ff = 6
+num_experts = 4
+top_k = 2
+expert_d_ff = 3
+num_shared_experts = 1
+shared_d_ff = 2
+first_k_dense = 1
+"""
+
+
+def test_toml_model_config(tmp_path, capsys):
+    path = tmp_path / "toy.toml"
+    path.write_text(TOY_TOML)
+    out = calc_json(capsys, str(path))
+    assert (out["model"], out["total_params"], out["active_params"]) == ("toy", 452, 380)  # derived in test_models
+    assert out["published"] is None
+
+
+def test_transformers_config_json(tmp_path, capsys):
+    hf = {
+        "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "vocab_size": 32000, "hidden_size": 4096,
+        "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "num_local_experts": 8, "num_experts_per_tok": 2, "tie_word_embeddings": False, "rms_norm_eps": 1e-5,
+    }  # fmt: skip
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(hf))
+    assert calc_json(capsys, str(path))["total_params"] == 46_702_792_704
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("none", None, "'{path}' is neither a preset"),
+        ("bad.json", "{not json", "{path}: not valid JSON"),
+        ("bad.toml", "d_model = = 4", "{path}: not valid TOML"),
+        ("list.json", "[1, 2]", "{path}: expected an object of ModelConfig fields, got list"),
+        ("missing.toml", TOY_TOML.replace("d_model = 4\n", ""), "{path}: missing field 'd_model'"),
+        ("extra.toml", TOY_TOML + "flavour = 1\n", "{path}: unknown field 'flavour'"),
+        ("neg.toml", TOY_TOML.replace("d_ff = 6", "d_ff = -6"), "{path}: ModelConfig.d_ff must be a positive"),
+        (
+            "hf.json",
+            '{"model_type": "mixtral", "vocab_size": 8}',
+            "{path}: transformers config: missing key 'hidden_size'",
+        ),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, name, content, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    assert main(["calc", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("moe-bench calc: " + message.format(path=path))
+    assert captured.err.count("\n") == 1
+
+
+def test_unknown_preset_and_bad_context_exit_2(capsys):
+    assert main(["calc", "mixtral-8x8b"]) == 2
+    assert "neither a preset (deepseek-v2-lite" in capsys.readouterr().err
+    assert main(["calc", "mixtral-8x7b", "--context", "-1"]) == 2
+    assert capsys.readouterr().err == "moe-bench calc: --context must be >= 0, got -1\n"
