@@ -1,0 +1,294 @@
+"""Suite files: a TOML grid of shapes x dtypes x modes x routings, validated before any point runs.
+
+    name = "smoke"
+    impls = ["loop", "padded", "sort_group", "dense_all"]
+    baselines = ["param_matched", "flop_matched"]
+    dtypes = ["float32"]
+    modes = ["forward", "train"]
+    routing = ["softmax_topk", "zipf:1.2", "hot:0.5"]   # router kinds, or skews: uniform, zipf:S, hot:P, collapse
+    [timing]                                           # any field of suites.timing.TimingSettings
+    budget_ms = 200
+    [[shapes]]
+    name = "tiny"                                      # or preset = "mixtral-8x7b" for a real model's layer
+    d_model = 64
+    d_ff = 128
+    num_experts = 8
+    top_k = 2
+    tokens = [16, 128]
+
+Every mistake is one `SuiteError` line naming the file, the key and the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import moe_impls
+from moe_impls import MoEConfig, SyntheticRouting
+from suites.timing import TimingSettings
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+DTYPES = ("float32", "bfloat16", "float16")
+MODES = ("forward", "train")
+TOP_KEYS = {"name", "description", "seed", "impls", "baselines", "dtypes", "modes", "routing", "timing", "shapes"}
+SHAPE_KEYS = {"name", "preset", "d_model", "d_ff", "num_experts", "top_k", "activation", "tokens"}
+SHAPE_KEYS |= {"capacity_factor", "normalize_topk", "dtypes", "modes", "routing"}  # the last three override the top
+
+
+class SuiteError(ValueError):
+    """A suite file that cannot run; the message is one line naming file, key and value."""
+
+
+@dataclass(frozen=True)
+class Point:
+    """One measured configuration; every implementation and baseline gets a row at each point."""
+
+    shape: str
+    d_model: int
+    d_ff: int
+    num_experts: int
+    top_k: int
+    activation: str
+    tokens: int
+    dtype: str
+    mode: str
+    routing: str
+    capacity_factor: float | None = None
+    normalize_topk: bool = True
+    seed: int = 0
+
+    def moe_config(self) -> MoEConfig:
+        router, synthetic = parse_routing(self.routing, self.seed)
+        return MoEConfig(
+            d_model=self.d_model,
+            d_ff=self.d_ff,
+            num_experts=self.num_experts,
+            top_k=self.top_k,
+            activation=self.activation,
+            router=router,
+            capacity_factor=self.capacity_factor,
+            normalize_topk=self.normalize_topk,
+            noise_seed=self.seed,
+            synthetic=synthetic,
+        )
+
+    @property
+    def point_id(self) -> str:
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+    def columns(self) -> dict:
+        router, _ = parse_routing(self.routing, self.seed)
+        cols = dataclasses.asdict(self)
+        del cols["seed"]
+        return {"point_id": self.point_id, **cols, "router": router}
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str
+    path: Path
+    file_hash: str
+    seed: int
+    impls: tuple[str, ...]
+    baselines: tuple[str, ...]
+    dtypes: tuple[str, ...]
+    timing: TimingSettings
+    points: tuple[Point, ...]
+
+
+def parse_routing(text: str, seed: int = 0) -> tuple[str, SyntheticRouting | None]:
+    """'softmax_topk' -> (router, None); 'zipf:1.2' -> ('softmax_topk', SyntheticRouting('zipf', zipf_s=1.2))."""
+    if text in moe_impls.ROUTERS:
+        return text, None
+    kind, _, arg = text.partition(":")
+    if kind in ("uniform", "collapse") and not arg:
+        return "softmax_topk", SyntheticRouting(kind, seed=seed)
+    if kind in ("zipf", "hot") and arg:
+        value = float(arg)
+        key = "zipf_s" if kind == "zipf" else "hot_fraction"
+        return "softmax_topk", SyntheticRouting(kind, seed=seed, **{key: value})
+    raise ValueError(f"expected a router {moe_impls.ROUTERS} or uniform, zipf:S, hot:P, collapse; got {text!r}")
+
+
+def resolve(name_or_path: str) -> Path:
+    """A suite name (a file in suites/configs) or a path to a TOML file."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        return path
+    return CONFIG_DIR / f"{name_or_path}.toml"
+
+
+def available() -> dict[str, str]:
+    """Shipped suite names and their descriptions."""
+    out = {}
+    for path in sorted(CONFIG_DIR.glob("*.toml")):
+        with path.open("rb") as f:
+            out[path.stem] = tomllib.load(f).get("description", "")
+    return out
+
+
+def load(name_or_path: str, impl_names: list[str] | None = None) -> Suite:
+    path = resolve(name_or_path)
+    if not path.is_file():
+        raise SuiteError(f"{path}: no such suite file (shipped suites: {', '.join(available())})")
+    raw_bytes = path.read_bytes()
+    try:
+        raw = tomllib.loads(raw_bytes.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise SuiteError(f"{path}: not valid TOML: {exc}") from None
+    return _build(raw, path, hashlib.sha256(raw_bytes).hexdigest()[:16], impl_names)
+
+
+def _fail(path: Path, key: str, value: object, why: str) -> SuiteError:
+    return SuiteError(f"{path}: {key} = {value!r}: {why}")
+
+
+def _list_of(raw: dict, key: str, kind: type, path: Path, default: list | None = None) -> list:
+    value = raw.get(key, default)
+    if value is None:
+        raise _fail(path, key, value, "required")
+    if not isinstance(value, list) or not value or not all(isinstance(v, kind) for v in value):
+        raise _fail(path, key, value, f"expected a non-empty list of {kind.__name__}")
+    return value
+
+
+def _choices(raw: dict, key: str, allowed: list[str] | tuple[str, ...], path: Path, default: list | None = None):
+    values = _list_of(raw, key, str, path, default)
+    for v in values:
+        if v not in allowed:
+            raise _fail(path, key, v, f"expected one of {', '.join(allowed)}")
+    return tuple(values)
+
+
+def _build(raw: dict, path: Path, file_hash: str, impl_names: list[str] | None) -> Suite:
+    unknown = set(raw) - TOP_KEYS
+    if unknown:
+        raise _fail(path, sorted(unknown)[0], raw[sorted(unknown)[0]], f"unknown key; expected {sorted(TOP_KEYS)}")
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise _fail(path, "seed", seed, "expected an integer")
+    impls = _choices(raw, "impls", impl_names or moe_impls.names(), path)
+    baselines = _choices(raw, "baselines", list(moe_impls.BASELINES), path, default=list(moe_impls.BASELINES))
+    dtypes = _choices(raw, "dtypes", DTYPES, path, default=["float32"])
+    modes = _choices(raw, "modes", MODES, path, default=["forward"])
+    routings = _routings(raw, path, default=["softmax_topk"])
+    timing = _timing(raw.get("timing", {}), path)
+    shapes = raw.get("shapes")
+    if not isinstance(shapes, list) or not shapes or not all(isinstance(s, dict) for s in shapes):
+        raise _fail(path, "shapes", shapes, "expected one or more [[shapes]] tables")
+    points = []
+    for i, shape in enumerate(shapes):
+        where = f"shapes[{i}]"
+        fields = _shape_fields(shape, where, path)
+        shape_dtypes = _choices(fields, "dtypes", DTYPES, path, default=list(dtypes))
+        shape_modes = _choices(fields, "modes", MODES, path, default=list(modes))
+        shape_routings = _routings(fields, path, default=routings)
+        for key in ("dtypes", "modes", "routing"):
+            fields.pop(key, None)
+        for tokens in fields.pop("tokens"):
+            for dtype in shape_dtypes:
+                for mode in shape_modes:
+                    for routing in shape_routings:
+                        point = Point(tokens=tokens, dtype=dtype, mode=mode, routing=routing, seed=seed, **fields)
+                        try:
+                            point.moe_config()
+                        except ValueError as exc:
+                            raise _fail(path, f"shapes[{i}]", shape.get("name", i), f"{routing}: {exc}") from None
+                        points.append(point)
+    return Suite(
+        name=raw.get("name", path.stem),
+        description=raw.get("description", ""),
+        path=path,
+        file_hash=file_hash,
+        seed=seed,
+        impls=impls,
+        baselines=baselines,
+        dtypes=tuple(sorted({p.dtype for p in points})),
+        timing=timing,
+        points=tuple(points),
+    )
+
+
+def _routings(raw: dict, path: Path, default: list[str]) -> list[str]:
+    routings = _list_of(raw, "routing", str, path, default=default)
+    for r in routings:
+        try:
+            parse_routing(r)
+        except ValueError as exc:
+            raise _fail(path, "routing", r, str(exc)) from None
+    return routings
+
+
+def _timing(raw: object, path: Path) -> TimingSettings:
+    if not isinstance(raw, dict):
+        raise _fail(path, "timing", raw, "expected a [timing] table")
+    fields = {f.name: f for f in dataclasses.fields(TimingSettings)}
+    for key, value in raw.items():
+        if key not in fields:
+            raise _fail(path, f"timing.{key}", value, f"unknown key; expected {sorted(fields)}")
+        default = fields[key].default
+        if isinstance(default, bool) != isinstance(value, bool) or not isinstance(value, (type(default), int)):
+            raise _fail(path, f"timing.{key}", value, f"expected {type(default).__name__}")
+        if not isinstance(value, bool) and value < 0:
+            raise _fail(path, f"timing.{key}", value, "must be >= 0")
+    return TimingSettings(**raw)
+
+
+def _shape_fields(shape: dict, where: str, path: Path) -> dict:
+    unknown = set(shape) - SHAPE_KEYS
+    if unknown:
+        key = sorted(unknown)[0]
+        raise _fail(path, f"{where}.{key}", shape[key], f"unknown key; expected {sorted(SHAPE_KEYS)}")
+    fields = dict(shape)
+    if "preset" in fields:
+        fields = {**_preset_shape(fields.pop("preset"), where, path), **fields}
+    fields.setdefault("name", where)
+    fields["shape"] = fields.pop("name")
+    fields.setdefault("activation", "swiglu")
+    for key in ("d_model", "d_ff", "num_experts", "top_k"):
+        value = fields.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise _fail(path, f"{where}.{key}", value, "expected a positive integer")
+    tokens = fields.get("tokens")
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, int) and t > 0 for t in tokens):
+        raise _fail(path, f"{where}.tokens", tokens, "expected a non-empty list of positive integers")
+    cf = fields.get("capacity_factor")
+    if cf is not None and (not isinstance(cf, (int, float)) or isinstance(cf, bool) or cf <= 0):
+        raise _fail(path, f"{where}.capacity_factor", cf, "expected a number > 0 (omit it for dropless)")
+    try:
+        MoEConfig(**{k: fields[k] for k in ("d_model", "d_ff", "num_experts", "top_k", "activation")})
+    except ValueError as exc:
+        raise _fail(path, where, fields["shape"], str(exc)) from None
+    return fields
+
+
+def _preset_shape(name: object, where: str, path: Path) -> dict:
+    """A real model's MoE layer shape, from the same presets `moe-bench calc` uses."""
+    try:
+        from moe_impls import models
+
+        layer = models.from_name(str(name)).moe_layer()
+    except (ImportError, KeyError, ValueError) as exc:
+        raise _fail(path, f"{where}.preset", name, str(exc).strip("'\"")) from None
+    cfg = layer if isinstance(layer, MoEConfig) else layer.config
+    return {
+        "name": str(name),
+        "d_model": cfg.d_model,
+        "d_ff": cfg.d_ff,
+        "num_experts": cfg.num_experts,
+        "top_k": cfg.top_k,
+        "activation": cfg.activation,
+        "normalize_topk": cfg.normalize_topk,
+    }

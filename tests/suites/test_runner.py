@@ -1,0 +1,155 @@
+"""End-to-end runs of a tiny suite on CPU: rows, checks, failures, resume."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+import moe_impls
+from moe_impls.registry import _IMPLS
+from moe_impls.sort_group import SortGroupMoE
+from suites import spec
+from suites.cli import main
+from suites.runner import Runner
+from suites.schema import RESULT_COLUMNS, SCHEMA_VERSION
+
+
+def test_tiny_run_writes_one_complete_row_per_impl_and_point(tiny_suite, tmp_path):
+    assert main(["run", str(tiny_suite), "--out", str(tmp_path), "--no-report", "--no-progress"]) == 0
+    df = pd.read_json(tmp_path / "results.jsonl", lines=True)
+    suite = spec.load(str(tiny_suite))
+    assert len(df) == len(suite.points) * 6
+    assert set(df["status"]) == {"ok"}
+    assert not (set(df.columns) - set(RESULT_COLUMNS) - {"timer_note", "reference", "shape", "normalize_topk"})
+    missing = set(RESULT_COLUMNS) - set(df.columns)
+    assert not missing, missing
+    for _, row in df.iterrows():
+        assert row["n_samples"] == len(row["samples_ms"]) >= 3
+        assert row["latency_ms_min"] <= row["latency_ms_median"] <= max(row["samples_ms"])
+        assert row["peak_mem_bytes"] >= row["weight_bytes"] > 0
+    moe = df[df["family"] == "moe"]
+    assert (moe["max_abs_err"] <= moe["tolerance"]).all()
+    assert (moe["tokens_per_expert"].map(sum) == 8 * 2).all()
+    # Every implementation and both baselines share one point id per point.
+    assert df.groupby("point_id")["impl"].nunique().eq(6).all()
+    meta = json.loads((tmp_path / "run.json").read_text())
+    assert (
+        meta["schema_version"] == SCHEMA_VERSION and meta["finished"] and meta["peaks"]["matmul_tflops"]["float32"] > 0
+    )
+
+
+class OffByOnePercent(SortGroupMoE):
+    def compute_experts(self, x_TD, routing):
+        y_TD, rows = super().compute_experts(x_TD, routing)
+        return y_TD * 1.01, rows
+
+
+@pytest.fixture
+def planted_wrong():
+    OffByOnePercent.name = "planted_wrong"
+    _IMPLS["planted_wrong"] = OffByOnePercent
+    yield "planted_wrong"
+    del _IMPLS["planted_wrong"]
+
+
+def test_wrong_implementation_is_recorded_and_never_timed(tiny_suite, tmp_path, planted_wrong):
+    code = main(["run", str(tiny_suite), "--out", str(tmp_path), "--no-report", "--no-progress"])
+    suite = spec.load(str(tiny_suite))
+    summary = Runner(suite, torch.device("cpu"), tmp_path / "again", impls=["sort_group", planted_wrong], baselines=[])
+    result = summary.run()
+    df = pd.read_json(tmp_path / "again" / "results.jsonl", lines=True)
+    wrong = df[df["impl"] == planted_wrong]
+    assert code == 0 and result.failed
+    assert set(wrong["status"]) == {"wrong"}
+    assert wrong["samples_ms"].isna().all() and wrong["latency_ms_median"].isna().all()
+    assert (wrong["max_abs_err"] > wrong["tolerance"]).all()
+    assert set(df[df["impl"] == "sort_group"]["status"]) == {"ok"}
+
+
+def test_cli_exit_code_is_nonzero_when_a_point_is_wrong(tiny_suite, tmp_path, planted_wrong):
+    args = ["run", str(tiny_suite), "--out", str(tmp_path), "--only", f"loop,{planted_wrong}", "--no-report"]
+    assert main([*args, "--no-progress"]) == 1
+
+
+def test_failure_in_one_impl_is_recorded_and_the_sweep_goes_on(tiny_suite, tmp_path):
+    class Broken(SortGroupMoE):
+        def compute_experts(self, x_TD, routing):
+            raise RuntimeError("kernel exploded\nsecond line")
+
+    Broken.name = "broken"
+    _IMPLS["broken"] = Broken
+    try:
+        suite = spec.load(str(tiny_suite))
+        Runner(suite, torch.device("cpu"), tmp_path, impls=["broken", "loop"], baselines=[], progress=False).run()
+    finally:
+        del _IMPLS["broken"]
+    df = pd.read_json(tmp_path / "results.jsonl", lines=True)
+    broken = df[df["impl"] == "broken"]
+    assert set(broken["status"]) == {"error"} and broken["error"].str.contains("kernel exploded").all()
+    assert not broken["error"].str.contains("\n").any()
+    assert set(df[df["impl"] == "loop"]["status"]) == {"ok"}
+
+
+def test_killed_run_resumes_to_exactly_one_row_per_point(tmp_path):
+    suite_file = tmp_path / "slow.toml"
+    suite_file.write_text(
+        """
+impls = ["loop", "sort_group"]
+baselines = ["flop_matched"]
+[timing]
+budget_ms = 150
+min_time_ms = 150
+[[shapes]]
+d_model = 16
+d_ff = 32
+num_experts = 4
+top_k = 2
+tokens = [4, 8, 16, 32]
+"""
+    )
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "suites", "run", str(suite_file), "--out", str(out), "--no-report", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    results = out / "results.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and (not results.exists() or len(results.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    before = len(results.read_text().splitlines())
+    assert 3 <= before < 12, "the run should have been killed part-way"
+    with results.open("a") as f:
+        f.write('{"point_id": "torn')  # a row cut off mid-write
+    assert main(["run", str(suite_file), "--out", str(out), "--resume", "--no-report", "--no-progress"]) == 0
+    df = pd.read_json(results, lines=True)
+    assert len(df) == 12
+    assert not df.duplicated(["point_id", "impl"]).any()
+    assert df.groupby("point_id").size().eq(3).all()
+
+
+def test_only_filters_rows_and_rejects_unknown(tiny_suite, tmp_path, capsys):
+    assert (
+        main(["run", str(tiny_suite), "--out", str(tmp_path / "a"), "--only", "loop,flop_matched", "--no-report"]) == 0
+    )
+    df = pd.read_json(tmp_path / "a" / "results.jsonl", lines=True)
+    assert set(df["impl"]) == {"loop", "flop_matched"}
+    assert main(["run", str(tiny_suite), "--out", str(tmp_path / "b"), "--only", "nope", "--no-report"]) == 2
+    assert "unknown implementation 'nope'" in capsys.readouterr().err
+
+
+def test_missing_gpu_is_a_one_line_error(tiny_suite, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(["run", str(tiny_suite), "--device", "cuda", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "CUDA is not available" in err and "\n" not in err
+
+
+def test_list_names_suites_and_impls(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ["smoke", "cpu", "gpu", "decode", "skew", *moe_impls.names()])
