@@ -1,0 +1,67 @@
+"""The `report` and `compare` commands of `moe-bench` (registered by suites/cli.py through COMMAND_MODULES).
+
+Exit codes: report 0 written, 2 unreadable run; compare 0 no regression, 1 a point is significantly slower
+beyond the threshold (or newly fails), 2 bad input. Errors are one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers) -> None:
+    report = subparsers.add_parser("report", help="render report.md, report.html and the plots of a run directory")
+    report.add_argument("results_dir", metavar="RESULTS_DIR", help="run directory holding run.json and results.jsonl")
+    report.add_argument("--out", metavar="DIR", default=None, help="output directory (default RESULTS_DIR/report)")
+    report.set_defaults(func=run_report)
+
+    compare = subparsers.add_parser(
+        "compare",
+        help="verdict per point between two runs; exit 1 on a significant slowdown beyond the threshold",
+        description="Compare two runs point by point from their raw samples (significance test + minimum effect).",
+    )
+    compare.add_argument("base_dir", metavar="BASE_DIR", help="the reference run")
+    compare.add_argument("new_dir", metavar="NEW_DIR", help="the run under test")
+    compare.add_argument(
+        "--threshold", default="5%", help="smallest change that counts, e.g. 5%% or 0.05 (default 5%%)"
+    )
+    compare.add_argument(
+        "--metric",
+        choices=("latency", "ratio"),
+        default="latency",
+        help="latency: median ms; ratio: median / the same run's flop_matched median (portable across machines)",
+    )
+    compare.add_argument("--alpha", type=float, default=0.01, help="significance level of the test (default 0.01)")
+    compare.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
+    compare.set_defaults(func=run_compare)
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"moe-bench {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from reports.load import RunLoadError
+    from reports.render import render_report
+
+    try:
+        path = render_report(args.results_dir, args.out)
+    except RunLoadError as exc:
+        return _fail("report", str(exc))
+    print(f"wrote {path} and {path.with_name('report.md')}")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from reports.compare import CompareInputError, compare_runs, parse_threshold
+
+    try:
+        comparison = compare_runs(
+            args.base_dir, args.new_dir, parse_threshold(args.threshold), args.metric, alpha=args.alpha, seed=args.seed
+        )
+    except CompareInputError as exc:
+        return _fail("compare", str(exc))
+    print(comparison.markdown())
+    return comparison.exit_code

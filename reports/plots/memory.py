@@ -1,0 +1,68 @@
+"""Peak memory per implementation and baseline, split into weights, activations (and workspace) and the rest.
+
+Shown at the smallest and the largest token count of the sweep: weights dominate at decode sizes, activations
+(and padded's padding, dense_all's idle rows) at prefill sizes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from reports.facets import Group, fmt_value
+from reports.plots.style import PlotFile, failed_at, mark_missing, new_figure, order_impls, save
+
+MIB = 2**20
+
+
+def plot(group: Group, meta: dict, out_dir: Path) -> PlotFile | str:
+    ok = group.ok[group.ok["peak_mem_bytes"].notna()]
+    impls = order_impls(ok["impl"])
+    lines = {impl: group.line(impl) for impl in impls}
+    lines = {impl: line[line["peak_mem_bytes"].notna()] for impl, line in lines.items()}
+    tokens = sorted({t for line in lines.values() for t in line["tokens"]})
+    if not tokens:
+        return "no memory was measured"
+    panels = [tokens[0]] if len(tokens) == 1 else [tokens[0], tokens[-1]]
+    fig, axes = new_figure(ncols=len(panels), width=4.8)
+    kinds = set(ok["mem_kind"].dropna())
+    for ax, t in zip(axes[0], panels):
+        names, weights, acts, rest = [], [], [], []
+        for impl, line in lines.items():
+            rows = line[line["tokens"] == t]
+            if not len(rows):
+                continue
+            r = rows.iloc[0]
+            peak = r["peak_mem_bytes"]
+            w = r["weight_bytes"] if pd.notna(r["weight_bytes"]) else 0.0
+            a = r["activation_bytes"] if pd.notna(r["activation_bytes"]) else max(peak - w, 0.0)
+            names.append(impl)
+            weights.append(w / MIB)
+            acts.append(max(a, 0.0) / MIB)
+            rest.append(max(peak - w - max(a, 0.0), 0.0) / MIB)
+        failed = failed_at(group, t, exclude=names)
+        for impl, status in failed.items():
+            mark_missing(ax, len(names), status)
+            names.append(impl)
+            weights.append(0.0)
+            acts.append(0.0)
+            rest.append(0.0)
+        x = np.arange(len(names))
+        ax.bar(x, weights, color="#4c72b0", label="weights")
+        ax.bar(x, acts, bottom=weights, color="#dd8452", label="activations + workspace")
+        ax.bar(x, rest, bottom=np.add(weights, acts), color="#c7c7c7", label="input + other")
+        ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel("peak memory (MiB)")
+        ax.set_title(f"T = {fmt_value(t)}", fontsize=9)
+        ax.grid(True, axis="y", alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8)
+    how = ", ".join(sorted(kinds)) or "unknown"
+    fig.suptitle(f"Peak memory per call ({how})\n{group.label}", fontsize=10)
+    caption = (
+        "Stacked: parameter bytes (all experts resident), activations and workspace, and the rest of the peak "
+        "(the input). MoE pays for every expert in weights; dense_all and padded also in activations."
+    )
+    return save(fig, out_dir / f"{group.slug}_memory.png", "Peak memory", caption)

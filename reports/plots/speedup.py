@@ -1,0 +1,66 @@
+"""Speed-up over `loop` and efficiency against the FLOP-matched dense baseline, both vs tokens.
+
+speed-up = loop median / impl median (above 1: faster than looping over experts).
+efficiency = flop_matched median / impl median (1.0: sparsity is free; 0.25: four times slower than a dense FFN
+that does the same FLOPs, which the roofline predicts at decode sizes where MoE reads more expert weights).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from reports.facets import Group
+from reports.plots.style import PlotFile, colour, linestyle, new_figure, order_impls, plain_log_axis, save
+
+
+def ratio_line(group: Group, impl: str, reference: str) -> pd.Series:
+    """reference median / impl median per tokens (index: tokens), only where both were measured."""
+    mine = group.line(impl).set_index("tokens")["latency_ms_median"]
+    ref = group.line(reference).set_index("tokens")["latency_ms_median"]
+    return (ref / mine).dropna()
+
+
+def plot(group: Group, meta: dict, out_dir: Path) -> PlotFile | str:
+    impls = order_impls(group.ok["impl"])
+    panels = [
+        ("loop", "speed-up over loop (x)", "Speed-up over loop", impls),
+        ("flop_matched", "efficiency vs flop_matched dense (x)", "Efficiency vs FLOP-matched dense", impls),
+    ]
+    fig, axes = new_figure(ncols=2, width=5.2)
+    drawn = 0
+    for ax, (reference, ylabel, title, names) in zip(axes[0], panels):
+        for impl in names:
+            if impl == reference:
+                continue
+            ratio = ratio_line(group, impl, reference)
+            if not len(ratio):
+                continue
+            ax.plot(
+                ratio.index, ratio.to_numpy(), linestyle(impl), marker="o", ms=4, color=colour(impl, impls), label=impl
+            )
+            drawn += 1
+        ax.axhline(1.0, color="black", lw=0.8, ls=":")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        plain_log_axis(ax.xaxis, group.ok["tokens"])
+        plain_log_axis(ax.yaxis)
+        ax.set_xlabel("tokens per call")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, f"no {reference} reference", transform=ax.transAxes, ha="center", va="center")
+    if not drawn:
+        return "neither loop nor flop_matched succeeded beside another implementation"
+    fig.suptitle(
+        f"Relative speed (ratio of median latencies)\n{group.label} · routing {group.base_routing or '-'}", fontsize=10
+    )
+    caption = (
+        "Left: loop median / impl median. Right: flop_matched median / impl median; "
+        "1.0 means the MoE layer costs no more than a dense FFN with the same FLOPs per token (sparsity is free)."
+    )
+    return save(fig, out_dir / f"{group.slug}_speedup.png", "Speed-up and efficiency", caption)

@@ -1,0 +1,110 @@
+"""Shared look of every plot: Agg canvas (no display, no pyplot state), one colour per implementation, saving.
+
+Figures are built with `matplotlib.figure.Figure` directly so rendering in a worker thread or a CI box without a
+display never touches a GUI backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from matplotlib.figure import Figure  # noqa: E402
+
+from reports.load import DENSE_IMPLS  # noqa: E402
+
+_KNOWN = {
+    "loop": "#1f77b4",
+    "padded": "#ff7f0e",
+    "sort_group": "#2ca02c",
+    "dense_all": "#d62728",
+    "param_matched": "#222222",
+    "flop_matched": "#7f7f7f",
+}
+_EXTRA = ("#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a")
+
+
+@dataclass(frozen=True)
+class PlotFile:
+    """One written PNG with the text the report places beside it."""
+
+    path: Path
+    title: str
+    caption: str
+
+
+def colour(impl: str, impls: list[str]) -> str:
+    if impl in _KNOWN:
+        return _KNOWN[impl]
+    others = sorted(i for i in impls if i not in _KNOWN)
+    return _EXTRA[others.index(impl) % len(_EXTRA)] if impl in others else "#000000"
+
+
+def linestyle(impl: str) -> str:
+    return "--" if impl in DENSE_IMPLS else "-"
+
+
+def new_figure(ncols: int = 1, nrows: int = 1, width: float = 6.4, height: float = 4.2, **kw):
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
+    return fig, axes
+
+
+def save(fig: Figure, path: Path, title: str, caption: str) -> PlotFile:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return PlotFile(path, title, caption)
+
+
+def order_impls(impls) -> list[str]:
+    """MoE implementations first (known ones in a fixed order), dense baselines last."""
+    known = list(_KNOWN)
+    return sorted(set(impls), key=lambda i: (i in DENSE_IMPLS, known.index(i) if i in known else len(known), i))
+
+
+def plain_log_axis(axis, values=None) -> None:
+    """Log axis labelled with plain numbers (1, 16, 256; 0.2, 0.5, 2) instead of powers of ten.
+
+    With `values`, major ticks sit exactly at them (the swept token counts) and minor ticks are unlabelled.
+    """
+    import math
+
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    def minor(v, _):
+        return f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 5) else ""
+
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    if values is not None and len(set(values)):
+        axis.set_major_locator(FixedLocator(sorted(set(values))))
+        axis.set_minor_formatter(NullFormatter())
+    else:
+        axis.set_minor_formatter(FuncFormatter(minor))
+
+
+def mark_missing(ax, x: float, status: str) -> None:
+    """Write a failed point's status where its bar would stand, so a missing bar is never silent."""
+    ax.annotate(
+        status,
+        (x, 0),
+        xytext=(0, 3),
+        textcoords="offset points",
+        rotation=90,
+        ha="center",
+        va="bottom",
+        fontsize=7,
+        color="#b00020",
+    )
+
+
+def failed_at(group, tokens: float, exclude=()) -> dict[str, str]:
+    """impl -> status of the rows at `tokens` (base routing for MoE rows) that did not produce a timing."""
+    rows = group.df[
+        (group.df["tokens"] == tokens) & (group.df["status"] != "ok") & ~group.df["impl"].isin(list(exclude))
+    ]
+    rows = rows[(rows["family"] != "moe") | (rows["routing"].fillna("") == (group.base_routing or ""))]
+    return dict(zip(rows["impl"], rows["status"]))

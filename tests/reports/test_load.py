@@ -1,0 +1,44 @@
+import json
+
+import pytest
+
+from reports.load import RunLoadError, load_run
+from suites.schema import RESULT_COLUMNS, SCHEMA_VERSION
+from tests.reports import synth
+
+
+def test_loads_every_schema_column_and_statuses(synthetic_run):
+    meta, df = load_run(synthetic_run)
+    assert meta["schema_version"] == SCHEMA_VERSION
+    assert set(RESULT_COLUMNS) <= set(df.columns)
+    assert set(df["status"]) == {"ok", "wrong", "oom", "error", "skipped"}
+    ok = df[df["status"] == "ok"]
+    assert ok["samples_ms"].map(len).eq(40).all()
+
+
+def test_incompatible_schema_version_is_one_line(tmp_path):
+    synth.write_run(tmp_path, synth.make_rows(tokens=(16,), skew_tokens=None), synth.meta(schema_version=99))
+    with pytest.raises(RunLoadError, match="schema_version 99 is incompatible") as err:
+        load_run(tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_files_and_bad_lines(tmp_path):
+    with pytest.raises(RunLoadError, match="no such directory"):
+        load_run(tmp_path / "nope")
+    (tmp_path / "run.json").write_text(json.dumps(synth.meta()))
+    with pytest.raises(RunLoadError, match="results.jsonl: file missing"):
+        load_run(tmp_path)
+    (tmp_path / "results.jsonl").write_text('{"impl": "loop"}\nnot json\n')
+    with pytest.raises(RunLoadError, match="line 2"):
+        load_run(tmp_path)
+
+
+def test_sparse_rows_get_every_column_and_a_summary_from_samples(tmp_path):
+    synth.write_run(tmp_path, [{"impl": "loop", "tokens": 8, "samples_ms": [1.0, 2.0, 3.0, 4.0]}, {"impl": "x"}])
+    _, df = load_run(tmp_path)
+    assert set(RESULT_COLUMNS) <= set(df.columns)
+    assert list(df["status"]) == ["ok", "error"]
+    assert df.loc[0, "latency_ms_median"] == 2.5
+    assert df.loc[0, "tokens_per_s"] == 8 / 2.5e-3
+    assert df.loc[0, "family"] == "moe"

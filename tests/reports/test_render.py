@@ -1,0 +1,84 @@
+import re
+
+import pytest
+
+from reports.load import RunLoadError
+from reports.plots import PLOTS
+from reports.render import render_report
+from suites.cli import main
+from tests.reports import synth
+from tests.reports.conftest import REAL_RUN
+
+
+def _assert_self_contained(html: str) -> None:
+    assert "http://" not in html and "https://" not in html
+    assert "<link" not in html and "<script" not in html and "url(" not in html
+    sources = re.findall(r'src="([^"]*)"', html)
+    assert all(s.startswith("data:image/png;base64,") for s in sources)
+
+
+def test_report_renders_every_plot_and_lists_failures(rendered):
+    out = rendered.parent
+    assert rendered.name == "report.html"
+    pngs = sorted(out.glob("*.png"))
+    drawn = {p.stem.split("_", 1)[1] for p in pngs}
+    assert drawn == {name for name, _ in PLOTS} - {"energy"}  # the synthetic run has no energy
+    assert all(p.stat().st_size > 5000 for p in pngs)
+    md = (out / "report.md").read_text()
+    for reason in ("max_abs_err 0.31", "CUDA out of memory", "RuntimeError", "dense_all skipped"):
+        assert reason in md
+    assert "Energy: not measured" in md
+    assert "750 TFLOP/s" in md and "2900 GB/s" in md and "570.00" in md
+    html = rendered.read_text()
+    _assert_self_contained(html)
+    assert html.count("<img") == len(pngs)
+    assert (out / "results.csv").stat().st_size > 0
+
+
+def test_thin_runs_do_not_crash(tmp_path):
+    one = synth.make_rows(tokens=(16,), skew_tokens=None, impls=("loop",), failures=False)
+    report = render_report(synth.write_run(tmp_path / "one", one))
+    assert (report.parent / "report.md").exists()
+    _assert_self_contained(report.read_text())
+
+    failed = synth.make_rows(tokens=(16,), skew_tokens=None, impls=("loop", "padded"), failures=False)
+    for row in failed:
+        synth.fail(row, "oom", "CUDA out of memory")
+    md = render_report(synth.write_run(tmp_path / "none", failed)).with_name("report.md").read_text()
+    assert "No point succeeded" in md and md.count("| oom |") == 2
+
+    sparse = [{"impl": "loop", "tokens": 4, "samples_ms": [1.0, 1.1, 0.9]}, {"impl": "flop_matched", "tokens": 4}]
+    md = render_report(synth.write_run(tmp_path / "sparse", sparse)).with_name("report.md").read_text()
+    assert "row has no status and no timings" in md
+
+    empty = render_report(synth.write_run(tmp_path / "empty", []))
+    assert "no rows" in empty.with_name("report.md").read_text()
+
+
+def test_energy_plot_when_measured(tmp_path):
+    rows = synth.make_rows(tokens=(16, 256), skew_tokens=None, impls=("loop",), energy=True, failures=False)
+    report = render_report(synth.write_run(tmp_path, rows), tmp_path / "out")
+    assert (report.parent / "g00_energy.png").stat().st_size > 5000
+
+
+@pytest.mark.skipif(not (REAL_RUN / "results.jsonl").exists(), reason="no recorded smoke run")
+def test_report_from_a_real_smoke_run(tmp_path):
+    report = render_report(REAL_RUN, tmp_path)
+    md = report.with_name("report.md").read_text()
+    assert "Throughput vs tokens" in md and "Roofline" in md
+    assert len(list(tmp_path.glob("*_throughput.png"))) >= 1
+    _assert_self_contained(report.read_text())
+
+
+def test_cli_report(tmp_path, capsys):
+    run = synth.write_run(tmp_path / "run", synth.make_rows(tokens=(16,), skew_tokens=None, impls=("loop",)))
+    assert main(["report", str(run), "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "report.html").exists()
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("moe-bench report: error:") and "\n" not in err
+
+
+def test_render_raises_one_line_on_bad_input(tmp_path):
+    with pytest.raises(RunLoadError):
+        render_report(tmp_path / "missing")
