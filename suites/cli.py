@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ()
+COMMAND_MODULES = ("suites.commands", "reports.cli", "suites.calc")
 
 
 def build_parser() -> argparse.ArgumentParser:

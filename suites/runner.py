@@ -214,13 +214,13 @@ class Runner:
         cfg = weights.cfg
         dense_bytes = cfg.num_experts * x.shape[0] * cfg.expert_in_features * x.element_size()
         name = moe_impls.REFERENCE if dense_bytes <= DENSE_REFERENCE_MAX_BYTES else "loop"
-        out, grad, _ = _check_call(moe_impls.get(name)(weights), x, grad_out, mode)
+        out, grad, _ = check_call(moe_impls.get(name)(weights), x, grad_out, mode)
         return name, out, grad
 
     # ---- measuring one row ----------------------------------------------------------------------------------
     def _measure_moe(self, name, weights: MoEWeights, x, grad_out, point: Point, ref_out, ref_grad) -> dict:
         layer = moe_impls.get(name)(weights)
-        (out, grad, routing), memory = measure_memory(lambda: _check_call(layer, x, grad_out, point.mode), self.device)
+        (out, grad, routing), memory = measure_memory(lambda: check_call(layer, x, grad_out, point.mode), self.device)
         scale = max(float(ref_out.abs().max()) if ref_out.numel() else 0.0, 1e-6)
         tolerance = RTOL[point.dtype] * scale
         err = float((out.float() - ref_out.float()).abs().max()) if out.numel() else 0.0
@@ -241,12 +241,12 @@ class Runner:
         dense = moe_impls.BASELINES[name](cfg, device=self.device, dtype=x.dtype, seed=self.suite.seed)
         weight_bytes = sum(p.numel() * p.element_size() for p in dense.parameters())
         flops = F.dense_flops(cfg.d_model, dense.d_ff, cfg.activation, point.tokens, point.mode)
-        _, memory = measure_memory(lambda: _check_call(dense, x, grad_out, point.mode), self.device)
+        _, memory = measure_memory(lambda: check_call(dense, x, grad_out, point.mode), self.device)
         return self._time(dense, x, grad_out, point, flops, weight_bytes, weight_bytes, memory)
 
     def _time(self, module, x, grad_out, point: Point, flops: int, touched: int, weight_bytes: int, memory) -> dict:
         """Times `module` and derives the row's figures; `memory` was measured on the first (checked) call."""
-        call, setup = _timed_call(module, x, grad_out, point.mode)
+        call, setup = timed_call(module, x, grad_out, point.mode)
         settings = self.suite.timing
         if point.mode == "train" and settings.cuda_graph:
             settings = type(settings)(**{**asdict(settings), "cuda_graph": False})
@@ -283,7 +283,7 @@ class Runner:
         }
 
 
-def _check_call(layer: nn.Module, x, grad_out, mode: str):
+def check_call(layer: nn.Module, x, grad_out, mode: str):
     """One call outside any timing: the output, the input gradient in train mode, and the routing record."""
     if mode == "forward":
         with torch.no_grad():
@@ -300,7 +300,7 @@ def _split(result) -> tuple[torch.Tensor, RoutingRecord | None]:
     return result if isinstance(result, tuple) else (result, None)
 
 
-def _timed_call(module: nn.Module, x, grad_out, mode: str) -> tuple[Callable[[], object], Callable[[], None]]:
+def timed_call(module: nn.Module, x, grad_out, mode: str) -> tuple[Callable[[], object], Callable[[], None]]:
     """The call that is timed, and the setup run before each call outside the timed region."""
     if mode == "forward":
 

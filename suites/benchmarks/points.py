@@ -1,0 +1,50 @@
+"""Building one benchmarkable row of a suite point, checked against the reference first, as the runner does."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+import torch
+
+import moe_impls
+from moe_impls import MoEWeights
+from suites import spec
+from suites.runner import RTOL, check_call, timed_call
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def synchronized_timer() -> float:
+    """perf_counter after the GPU has drained its queue, so pytest-benchmark times real GPU work."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def suite_rows(name: str, keep: Callable[[spec.Point], bool] = lambda p: True) -> list:
+    suite = spec.load(name)
+    rows = [(p, impl) for p in suite.points if keep(p) for impl in (*suite.impls, *suite.baselines)]
+    return [
+        pytest.param(p, impl, id=f"{p.shape}-T{p.tokens}-{p.dtype}-{p.mode}-{p.routing}-{impl}") for p, impl in rows
+    ]
+
+
+def checked_call(point: spec.Point, impl: str) -> tuple[Callable[[], object], Callable[[], None]]:
+    """The timed call and its per-round setup, after the implementation's output has matched the reference."""
+    cfg = point.moe_config()
+    dtype = getattr(torch, point.dtype)
+    gen = torch.Generator().manual_seed(point.seed)
+    x = torch.randn(point.tokens, point.d_model, generator=gen).to(DEVICE, dtype)
+    grad_out = torch.randn(point.tokens, point.d_model, generator=gen).to(DEVICE, dtype)
+    if impl in moe_impls.BASELINES:
+        module = moe_impls.BASELINES[impl](cfg, device=DEVICE, dtype=dtype, seed=point.seed)
+    else:
+        weights = MoEWeights(cfg, device=DEVICE, dtype=dtype, seed=point.seed)
+        module = moe_impls.get(impl)(weights)
+        ref, _, _ = check_call(moe_impls.get("loop")(weights), x, grad_out, point.mode)
+        out, _, _ = check_call(module, x, grad_out, point.mode)
+        err = float((out.float() - ref.float()).abs().max())
+        assert err <= RTOL[point.dtype] * max(float(ref.abs().max()), 1e-6), f"{impl} is wrong: max error {err:.3g}"
+    return timed_call(module, x, grad_out, point.mode)

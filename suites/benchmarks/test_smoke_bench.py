@@ -1,0 +1,12 @@
+"""Every row of the `smoke` suite as a pytest-benchmark benchmark (CPU or GPU)."""
+
+import pytest
+
+from suites.benchmarks.points import checked_call, suite_rows, synchronized_timer
+
+
+@pytest.mark.benchmark(group="smoke", timer=synchronized_timer, min_rounds=10, warmup=True)
+@pytest.mark.parametrize("point,impl", suite_rows("smoke"))
+def test_smoke(benchmark, point, impl):
+    call, setup = checked_call(point, impl)
+    benchmark.pedantic(call, setup=setup, rounds=20, warmup_rounds=2)

@@ -1,0 +1,89 @@
+"""Statistics, timers, memory and NVML against quantities known in advance."""
+
+import sys
+import time
+import types
+
+import pytest
+import torch
+
+from suites.memory import measure_cpu
+from suites.nvml import NVML
+from suites.stats import Stats, percentile
+from suites.timing import TimingSettings, time_cpu
+
+
+def test_stats_by_hand():
+    # sorted [1, 2, 3, 4, 100]: median 3; p10 at position 0.4 -> 1.4; p25 = 2, p75 = 4 -> IQR 2; mean 22
+    s = Stats.of([4.0, 100.0, 1.0, 3.0, 2.0])
+    assert (s.n, s.median, s.mean, s.min, s.iqr) == (5, 3.0, 22.0, 1.0, 2.0)
+    assert s.p10 == pytest.approx(1.4) and s.p90 == pytest.approx(61.6) and s.p99 == pytest.approx(96.16)
+    assert s.rel_iqr == pytest.approx(2 / 3)
+    assert percentile([5.0], 90) == 5.0
+
+
+def test_cpu_timer_measures_a_sleep_of_known_length():
+    settings = TimingSettings(budget_ms=200, min_time_ms=30, warmup_ms=1, min_reps=5, rel_iqr_target=0.5)
+    timing = time_cpu(lambda: time.sleep(0.004), settings)
+    stats = timing.stats
+    assert stats.n == len(timing.samples_ms) >= 5
+    assert stats.min >= 4.0 and 4.0 <= stats.median < 30.0  # a sleep never ends early; a loaded machine adds a little
+
+
+def test_cpu_timer_stops_on_budget_and_keeps_setup_out_of_the_samples():
+    settings = TimingSettings(budget_ms=60, min_time_ms=1000, warmup_ms=0, min_reps=2, rel_iqr_target=0.0)
+    start = time.perf_counter()
+    timing = time_cpu(lambda: time.sleep(0.001), settings, setup=lambda: time.sleep(0.01))
+    assert time.perf_counter() - start < 1.0  # the budget, not min_time or a zero IQR target, ended it
+    assert max(timing.samples_ms) < 9.0, "setup's 10 ms sleep leaked into a sample"
+
+
+def test_cpu_memory_sees_a_known_allocation():
+    def allocate():
+        a = torch.empty(2_000_000, dtype=torch.float32)  # 8 MB
+        b = torch.empty(1_000_000, dtype=torch.float32)  # 4 MB, live together with a
+        del a
+        return b
+
+    result, mem = measure_cpu(allocate)
+    assert mem.kind == "cpu" and result.numel() == 1_000_000
+    assert 12_000_000 <= mem.call_peak_bytes < 12_100_000
+
+
+def test_nvml_unavailable_is_recorded_not_raised(monkeypatch):
+    cpu = NVML(torch.device("cpu"))
+    assert cpu.info() == {"available": False, "reason": "not a CUDA device"}
+    assert cpu.measure_energy(lambda: None, 100).joules_per_call is None
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # `import pynvml` now raises ImportError
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(pci_bus_id=None))
+    missing = NVML(torch.device("cuda", 0))
+    assert not missing.available and "import of pynvml" in missing.reason
+    assert missing.info()["available"] is False
+
+
+def test_nvml_energy_arithmetic_with_a_fake_counter(monkeypatch):
+    # CPU cannot reach NVML: a fake driver whose energy counter rises 50 mJ per call stands in for it.
+    # The same path runs for real on a GPU machine (tests/suites/test_gpu.py).
+    counter = {"mj": 1000}
+
+    def energy(handle):
+        return counter["mj"]
+
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetHandleByIndex=lambda i: "h",
+        nvmlDeviceGetTotalEnergyConsumption=energy,
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(pci_bus_id=None))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    nvml = NVML(torch.device("cuda", 0))
+    assert nvml.available
+
+    def call():
+        counter["mj"] += 50
+
+    result = nvml.measure_energy(call, min_ms=5)
+    assert result.joules_per_call == pytest.approx(0.050) and result.note is None
+    frozen = nvml.measure_energy(lambda: None, min_ms=1)
+    assert frozen.joules_per_call is None and "did not move" in frozen.note
