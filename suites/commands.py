@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 import moe_impls
-from suites import spec
+from suites import ep_run, spec
 from suites.runner import Runner, resolve_device
 
 
@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--only", help="comma-separated implementations/baselines to run")
     run.add_argument("--no-report", action="store_true", help="skip rendering the report")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--nproc", type=int, help="expert-parallel suites: launch N ranks through torch.distributed.run (see ep_run)"
+    )
     run.set_defaults(func=cmd_run)
     lst = subparsers.add_parser("list", help="list suites, implementations, routers and baselines")
     lst.set_defaults(func=cmd_list)
@@ -42,7 +45,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     impls, baselines = list(suite.impls), list(suite.baselines)
     if args.only:
         only = [n.strip() for n in args.only.split(",") if n.strip()]
-        unknown = [n for n in only if n not in moe_impls.names() and n not in moe_impls.BASELINES]
+        known = [*moe_impls.names(), spec.EP_IMPL]
+        unknown = [n for n in only if n not in known and n not in moe_impls.BASELINES]
         if unknown:
             return _error(f"--only: unknown implementation {unknown[0]!r}; known: {', '.join(moe_impls.names())}")
         impls = [n for n in only if n not in moe_impls.BASELINES]
@@ -58,6 +62,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not args.resume and out is not None and (out / "results.jsonl").exists():
         return _error(f"--out {out} already holds results; pass --resume to complete it or choose another directory")
     out = out or Path("results") / f"{suite.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    code = ep_run.dispatch(args, suite, device, out, impls, baselines)  # None: not an expert-parallel run
+    if code is not None:
+        return code
     print(f"moe-bench: suite {suite.name} ({len(suite.points)} points) on {device} -> {out}", file=sys.stderr)
     summary = Runner(suite, device, out, impls, baselines, progress=not args.no_progress).run()
     print(summary_table(out))

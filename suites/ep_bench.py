@@ -13,6 +13,7 @@ import torch.distributed as dist
 
 from moe_impls.config import MoEConfig
 from moe_impls.expert_parallel import STAGES, ExpertParallelMoE
+from moe_impls.sort_group import SortGroupMoE
 from moe_impls.weights import MoEWeights
 
 
@@ -40,23 +41,34 @@ def measure_ep_point(
     ranks route different tokens. A barrier precedes each repetition so that rank skew from the previous one
     does not land in the next dispatch; the split uses `profile=True` (see `ExpertParallelMoE`).
 
+    The first (warm-up) output is checked on each rank against `sort_group` on the full weights and this rank's
+    own tokens, which the layer equals for every routing (decisions are per rank, see `ExpertParallelMoE`); the
+    check needs no gather, so it also holds at shapes whose global batch would not fit on one device.
+
     Returns, on every rank, this rank's figures:
         world_size, rank, tokens_per_rank, dtype, reps, device
         samples_s: {stage: [seconds per repetition]} for stages routing, dispatch, compute, combine, total
         median_s: {stage: median seconds}
         rows_sent, rows_received: per destination / source rank (assignments, one row of D each)
         dispatch_bytes_sent, combine_bytes_sent, counts_bytes_sent: bytes that left this rank
-    and `per_rank`: on rank 0 the list of every rank's dict (without samples_s or per_rank), else None.
+        max_abs_err: max |EP output - sort_group output| on this rank's tokens; ref_max_abs: max |sort_group output|
+    and `per_rank`: on rank 0 the list of every rank's dict (samples_s included, per_rank not), else None.
     """
     if reps < 1:
         raise ValueError(f"measure_ep_point: reps must be >= 1, got {reps}")
     group = group if group is not None else dist.group.WORLD
     device = _device_for_backend()
-    layer = ExpertParallelMoE(MoEWeights(cfg, device=device, dtype=dtype, seed=seed), group=group).eval()
+    full = MoEWeights(cfg, device=device, dtype=dtype, seed=seed)
+    layer = ExpertParallelMoE(full, group=group).eval()
     rank = layer.rank
     gen = torch.Generator().manual_seed(seed + 1 + rank)
     x = torch.randn(tokens_per_rank, cfg.d_model, generator=gen).to(device=device, dtype=dtype)
-    for _ in range(warmup):
+    y_ep = layer(x)[0]
+    reference = SortGroupMoE(full)(x)[0]
+    max_abs_err = float((y_ep.float() - reference.float()).abs().max()) if y_ep.numel() else 0.0
+    ref_max_abs = float(reference.abs().max()) if reference.numel() else 0.0
+    del full, reference, y_ep  # only the shard stays resident while timing
+    for _ in range(warmup - 1):
         layer(x)
     layer.profile = True
     samples: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "total")}
@@ -81,7 +93,10 @@ def measure_ep_point(
         "dispatch_bytes_sent": traffic.dispatch_bytes_sent,
         "combine_bytes_sent": traffic.combine_bytes_sent,
         "counts_bytes_sent": traffic.counts_bytes_sent,
+        "max_abs_err": max_abs_err,
+        "ref_max_abs": ref_max_abs,
+        "samples_s": samples,
     }
     gathered = [None] * layer.world_size if rank == 0 else None
     dist.gather_object(point, gathered, dst=dist.get_global_rank(group, 0), group=group)
-    return {**point, "samples_s": samples, "per_rank": gathered}
+    return {**point, "per_rank": gathered}

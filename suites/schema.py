@@ -15,7 +15,7 @@ RESULT_COLUMNS: dict[str, str] = {
     "point_id": "stable hash of the point's parameters (shape, dtype, mode, routing); equal across runs",
     "impl": "implementation or baseline name (loop, padded, sort_group, dense_all, param_matched, flop_matched, ...)",
     "family": "'moe' for MoE implementations, 'dense' for the dense baselines",
-    "tokens": "tokens per call (T)",
+    "tokens": "tokens per call (T); expert_parallel rows: tokens per rank (each rank routes its own batch)",
     "d_model": "hidden size (D)",
     "d_ff": "hidden size of one expert (F)",
     "num_experts": "experts (E)",
@@ -46,7 +46,7 @@ RESULT_COLUMNS: dict[str, str] = {
     "latency_ms_iqr": "interquartile range p75 - p25",
     "rel_iqr": "latency_ms_iqr / latency_ms_median: the noise the stopping rule looked at",
     # derived throughput
-    "tokens_per_s": "tokens / median latency",
+    "tokens_per_s": "tokens / median latency (expert_parallel: global_tokens / median latency)",
     "flops": "floating-point operations per call, counted analytically from the assigned tokens (see suites/flops.py)",
     "tflops": "flops / median latency / 1e12",
     "peak_fraction": "tflops / the matmul peak measured on this device in this dtype at the start of the run",
@@ -72,4 +72,34 @@ RESULT_COLUMNS: dict[str, str] = {
     "energy_j": "NVML total-energy counter difference over the timed loop / repetitions (J per call), null if unavailable",
     "joules_per_token": "energy_j / tokens",
     "energy_note": "why energy is null (no NVML, counter unsupported, too short to move the counter)",
+}
+
+# Extra columns of `expert_parallel` rows (suites/ep_run.py), one row per point and world size. Kept apart from
+# RESULT_COLUMNS because they are text, lists and dicts, which the generic loaders coerce to numbers. Such a row's
+# point_id also hashes the world size; its samples_ms are, per repetition, the slowest rank's forward (a barrier
+# starts each repetition), over exactly timing.min_reps repetitions (every rank must make the same calls).
+EP_COLUMNS: dict[str, str] = {
+    "backend": "torch.distributed backend: 'gloo' (CPU) or 'nccl' (CUDA)",
+    "global_tokens": "tokens x world_size: the batch all ranks routed together",
+    "split_ms": "{routing, dispatch, compute, combine}: the slowest rank's median ms per stage (see moe_impls/expert_parallel.py)",
+    "rank_split_ms": "{stage: [median ms of each rank]}",
+    "rank_latency_ms": "list, each rank's median forward ms",
+    "rank_rows_computed": "list, rows (assignments) each rank's experts computed, from all ranks",
+    "rank_dispatch_bytes": "list, bytes that left each rank in the dispatch all-to-all (its own share excluded)",
+    "rank_combine_bytes": "list, bytes that left each rank in the combine all-to-all",
+    "rank_bytes_sent": "list, dispatch + combine + per-expert count exchange bytes that left each rank per forward",
+    "rank_imbalance": "max / mean of rank_rows_computed: the busiest rank's load, which sets the pace",
+    "compute_imbalance": "max / mean of the ranks' median expert-compute ms",
+}
+
+# run.json["ep_model"] (written after each expert-parallel launch; a dict with "error" when it cannot be fitted)
+EP_MODEL_KEYS: dict[str, str] = {
+    "link": "{bandwidth_Bps, latency_s}: alpha-beta fit of one all-to-all to every multi-rank row (suites/ep_costs.py)",
+    "fit_rmse_s": "root mean square residual of that fit, seconds",
+    "fit_points": "stage times fitted (a dispatch and a combine per row)",
+    "fit_world_sizes": "world sizes whose rows were fitted",
+    "flops_per_s": "expert FLOP rate fitted to the slowest rank's compute time",
+    "comm_error_by_world_size": "{world size: {points, mean_abs_err_ms, mean_abs_rel_err}} of predicted dispatch + combine",
+    "points": "per expert_parallel row: point_id, measured_* and predicted_* dispatch/combine/compute ms, compute_to_comm",
+    "holdout": "the same fit on the smallest multi-rank world size only, and its errors at every world size",
 }

@@ -16,6 +16,11 @@
     top_k = 2
     tokens = [16, 128]
 
+Expert-parallel suites list `impls = ["expert_parallel"]` (optionally beside single-process implementations)
+and name the world sizes to run with a top-level `nproc = [1, 2, 4]`; `moe-bench run --nproc N` overrides the
+list. In such a suite `tokens` is tokens per rank (every rank routes its own batch), modes are forward only,
+and every shape's num_experts must divide by every world size. `baselines = []` runs no dense baseline.
+
 Every mistake is one `SuiteError` line naming the file, the key and the value.
 """
 
@@ -41,6 +46,8 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 DTYPES = ("float32", "bfloat16", "float16")
 MODES = ("forward", "train")
 TOP_KEYS = {"name", "description", "seed", "impls", "baselines", "dtypes", "modes", "routing", "timing", "shapes"}
+TOP_KEYS |= {"nproc"}
+EP_IMPL = "expert_parallel"  # runs on every rank of a process group (suites/ep_run.py), not through the Runner
 SHAPE_KEYS = {"name", "preset", "d_model", "d_ff", "num_experts", "top_k", "activation", "tokens"}
 SHAPE_KEYS |= {"capacity_factor", "normalize_topk", "dtypes", "modes", "routing"}  # the last three override the top
 
@@ -106,6 +113,7 @@ class Suite:
     dtypes: tuple[str, ...]
     timing: TimingSettings
     points: tuple[Point, ...]
+    nproc: tuple[int, ...] = ()  # world sizes of the expert-parallel rows; () when the suite has none
 
 
 def parse_routing(text: str, seed: int = 0) -> tuple[str, SyntheticRouting | None]:
@@ -179,8 +187,11 @@ def _build(raw: dict, path: Path, file_hash: str, impl_names: list[str] | None) 
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise _fail(path, "seed", seed, "expected an integer")
-    impls = _choices(raw, "impls", impl_names or moe_impls.names(), path)
-    baselines = _choices(raw, "baselines", list(moe_impls.BASELINES), path, default=list(moe_impls.BASELINES))
+    impls = _choices(raw, "impls", [*(impl_names or moe_impls.names()), EP_IMPL], path)
+    if raw.get("baselines") == []:
+        baselines = ()
+    else:
+        baselines = _choices(raw, "baselines", list(moe_impls.BASELINES), path, default=list(moe_impls.BASELINES))
     dtypes = _choices(raw, "dtypes", DTYPES, path, default=["float32"])
     modes = _choices(raw, "modes", MODES, path, default=["forward"])
     routings = _routings(raw, path, default=["softmax_topk"])
@@ -218,7 +229,32 @@ def _build(raw: dict, path: Path, file_hash: str, impl_names: list[str] | None) 
         dtypes=tuple(sorted({p.dtype for p in points})),
         timing=timing,
         points=tuple(points),
+        nproc=_nproc(raw, path, impls, points),
     )
+
+
+def _nproc(raw: dict, path: Path, impls: tuple[str, ...], points: list[Point]) -> tuple[int, ...]:
+    """World sizes of an expert-parallel suite, checked against every point (see the module docstring)."""
+    if EP_IMPL not in impls:
+        if "nproc" in raw:
+            raise _fail(path, "nproc", raw["nproc"], f"only a suite with impls containing {EP_IMPL!r} runs on ranks")
+        return ()
+    nproc = raw.get("nproc", [1])
+    if not isinstance(nproc, list) or not nproc or not all(type(n) is int and n > 0 for n in nproc):
+        raise _fail(path, "nproc", nproc, "expected a non-empty list of positive integers (world sizes)")
+    for n in nproc:
+        check_world_size(points, n, path)
+    return tuple(sorted(set(nproc)))
+
+
+def check_world_size(points: list[Point] | tuple[Point, ...], world_size: int, path: Path) -> None:
+    """SuiteError unless every point can run expert parallel on `world_size` ranks."""
+    for p in points:
+        if p.num_experts % world_size:
+            why = f"num_experts ({p.num_experts}) must be divisible by the world size ({world_size})"
+            raise _fail(path, "nproc", world_size, f"{EP_IMPL}: shape {p.shape!r}: {why}")
+        if p.mode != "forward":
+            raise _fail(path, "modes", p.mode, f"{EP_IMPL} measures the forward pass only")
 
 
 def _routings(raw: dict, path: Path, default: list[str]) -> list[str]:

@@ -1,0 +1,212 @@
+"""The expert-parallel section: scaling from 1 to N ranks, bytes per rank, imbalance, and the cost model's error.
+
+Reads only the run directory: `expert_parallel` rows of results.jsonl (columns in `suites.schema.EP_COLUMNS`)
+and run.json's `ep_model`, which the runner writes after each launch (the link and FLOP rate fitted to the
+measured rows, and each row's predicted dispatch, combine and compute; see `suites.ep_run.calibrate`). The
+report never refits, so it needs nothing from suites but the schema.
+
+`ep_blocks` returns document blocks for the main report; `render_ep` writes them alone as ep.md with its PNGs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from reports.document import Block, Heading, Image, Para, Table, to_markdown
+from reports.plots.style import new_figure, save
+
+EP_IMPL = "expert_parallel"
+STAGES = ("routing", "dispatch", "compute", "combine")
+STAGE_COLOURS = {"routing": "#9467bd", "dispatch": "#ff7f0e", "compute": "#2ca02c", "combine": "#d62728"}
+
+
+def _ep_rows(results_dir: Path) -> list[dict]:
+    path = results_dir / "results.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("impl") == EP_IMPL]
+
+
+def _groups(rows: list[dict]) -> dict[tuple, list[dict]]:
+    """(shape, tokens per rank, dtype, routing) -> its ok rows, ascending world size."""
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r.get("status") == "ok":
+            out.setdefault((r["shape"], r["tokens"], r["dtype"], r["routing"]), []).append(r)
+    return {k: sorted(v, key=lambda r: r["world_size"]) for k, v in sorted(out.items())}
+
+
+def _label(key: tuple) -> str:
+    shape, tokens, dtype, routing = key
+    return f"{shape} T={tokens}/rank {dtype}" + ("" if routing == "softmax_topk" else f" {routing}")
+
+
+def ep_blocks(results_dir: str | Path, out_dir: str | Path) -> list[Block]:
+    """The section's blocks (PNGs written under out_dir); [] when the run has no expert-parallel rows."""
+    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    rows = _ep_rows(results_dir)
+    if not rows:
+        return []
+    meta_path = results_dir / "run.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    groups = _groups(rows)
+    blocks: list[Block] = [
+        Heading("Expert parallelism"),
+        Para(
+            "Experts sharded over ranks; each rank routes its own tokens (tokens are per rank, so the global batch "
+            "grows with the ranks). Times are the slowest rank's medians, since collectives wait for it; the "
+            "latency is per forward, a barrier before each."
+        ),
+    ]
+    failed = [r for r in rows if r.get("status") != "ok"]
+    if failed:
+        blocks.append(Para(f"{len(failed)} expert-parallel row(s) did not finish ok: {failed[0]['error']}", note=True))
+    if groups:
+        blocks.append(_scaling_table(groups))
+        blocks.append(_split_plot(groups, out_dir))
+        blocks.append(_bytes_plot(groups, out_dir))
+    blocks += _model_blocks(meta.get("ep_model"), out_dir)
+    return blocks
+
+
+def render_ep(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
+    """Write ep.md and its PNGs into out_dir; returns the written paths ([] without expert-parallel rows)."""
+    out_dir = Path(out_dir)
+    blocks = ep_blocks(results_dir, out_dir)
+    if not blocks:
+        return []
+    md = out_dir / "ep.md"
+    md.write_text(to_markdown(blocks, out_dir))
+    return [md, *(b.path for b in blocks if isinstance(b, Image))]
+
+
+def _scaling_table(groups: dict[tuple, list[dict]]) -> Table:
+    rows = []
+    for key, runs in groups.items():
+        base = runs[0]
+        for r in runs:
+            split = r["split_ms"]
+            comm = split["dispatch"] + split["combine"]
+            rows.append(
+                [
+                    _label(key),
+                    str(r["world_size"]),
+                    f"{r['latency_ms_median']:.3g}",
+                    *(f"{split[s]:.3g}" for s in STAGES),
+                    f"{split['compute'] / comm:.2g}" if comm > 0 else "",
+                    f"{np.mean(r['rank_bytes_sent']) / 1024:.4g}",
+                    f"{r['rank_imbalance']:.3f}" if r.get("rank_imbalance") else "",
+                    # weak scaling: tokens per second against the smallest world size measured
+                    f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x",
+                ]
+            )
+    headers = ["point", "ranks", "ms", *(f"{s} ms" for s in STAGES), "compute/comm", "KiB sent/rank"]
+    headers += ["rows max/mean", f"tokens/s vs {min(r[0]['world_size'] for r in groups.values())} rank(s)"]
+    return Table(headers, rows, caption="Scaling: time split, bytes and load per rank by world size")
+
+
+def _split_plot(groups: dict[tuple, list[dict]], out_dir: Path) -> Image:
+    n = len(groups)
+    ncols = min(n, 3)
+    fig, axes = new_figure(ncols=ncols, nrows=-(-n // ncols), width=4.2, height=3.4)
+    flat = axes.ravel()
+    for ax, (key, runs) in zip(flat, groups.items()):
+        x = np.arange(len(runs))
+        bottom = np.zeros(len(runs))
+        for stage in STAGES:
+            values = np.array([r["split_ms"][stage] for r in runs])
+            ax.bar(x, values, bottom=bottom, color=STAGE_COLOURS[stage], label=stage)
+            bottom += values
+        ax.set_xticks(x, [str(r["world_size"]) for r in runs])
+        ax.set_xlabel("ranks")
+        ax.set_ylabel("ms per forward (slowest rank)")
+        ax.set_title(_label(key), fontsize=9)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    flat[0].legend(fontsize=8)
+    caption = (
+        "Median routing, dispatch all-to-all, expert compute and combine all-to-all of the slowest rank, per "
+        "world size (tokens per rank fixed). Dispatch includes the count exchange, the sort and the regroup."
+    )
+    plot = save(fig, out_dir / "ep_split.png", "Expert parallel: time split by world size", caption)
+    return Image(plot.path, plot.title, plot.caption)
+
+
+def _bytes_plot(groups: dict[tuple, list[dict]], out_dir: Path) -> Image:
+    fig, axes = new_figure(ncols=2, width=5.0, height=3.6)
+    ax_bytes, ax_imb = axes[0]
+    for key, runs in groups.items():
+        w = [r["world_size"] for r in runs]
+        ax_bytes.plot(w, [np.mean(r["rank_bytes_sent"]) / 1024 for r in runs], marker="o", label=_label(key))
+        ax_imb.plot(w, [r.get("rank_imbalance") or np.nan for r in runs], marker="o", label=_label(key))
+    ax_bytes.set_xlabel("ranks")
+    ax_bytes.set_ylabel("KiB sent per rank per forward")
+    ax_imb.set_xlabel("ranks")
+    ax_imb.set_ylabel("rows computed, max / mean over ranks")
+    ax_bytes.legend(fontsize=7)
+    caption = (
+        "Left: bytes that left each rank in one forward (dispatch + combine + count exchange; the rank's own "
+        "share stays local), mean over ranks. Right: the busiest rank's expert rows over the mean; it sets the pace."
+    )
+    plot = save(fig, out_dir / "ep_bytes.png", "Expert parallel: traffic and load imbalance", caption)
+    return Image(plot.path, plot.title, plot.caption)
+
+
+def _model_blocks(model: dict | None, out_dir: Path) -> list[Block]:
+    blocks: list[Block] = [Heading("Expert parallelism: the cost model against the measured points", level=3)]
+    if not model:
+        return [*blocks, Para("run.json holds no calibrated cost model (needs rows on 2+ ranks).", note=True)]
+    if "error" in model:
+        return [*blocks, Para(f"The cost model could not be calibrated: {model['error']}", note=True)]
+    link = model["link"]
+    blocks.append(
+        Para(
+            f"Fitted to the dispatch and combine of every row on {', '.join(map(str, model['fit_world_sizes']))} "
+            f"ranks: latency {link['latency_s'] * 1e3:.3g} ms per all-to-all, bandwidth "
+            f"{link['bandwidth_Bps'] / 1e9:.3g} GB/s per rank (fit RMSE {model['fit_rmse_s'] * 1e3:.3g} ms over "
+            f"{model['fit_points']} stage times); expert compute at {model['flops_per_s'] / 1e9:.3g} GFLOP/s. "
+            "One-rank rows are predicted no communication: their error is the local cost of dispatch and combine."
+        )
+    )
+    rows = []
+    for label, errors in (("all fitted", model["comm_error_by_world_size"]),) + (
+        ((f"fit on {model['holdout']['fit_world_sizes']} only", model["holdout"]["comm_error_by_world_size"]),)
+        if "comm_error_by_world_size" in model.get("holdout", {})
+        else ()
+    ):
+        for w, e in errors.items():
+            rel = f"{e['mean_abs_rel_err']:.0%}" if e["mean_abs_rel_err"] is not None else ""
+            rows.append([label, w, str(e["points"]), f"{e['mean_abs_err_ms']:.3g}", rel])
+    blocks.append(
+        Table(
+            ["calibration", "ranks", "points", "mean |pred - meas| ms", "mean |rel err|"],
+            rows,
+            caption="Predicted against measured dispatch + combine",
+        )
+    )
+    points = [p for p in model["points"] if p["world_size"] > 1]
+    if points:
+        fig, axes = new_figure(width=4.8, height=4.0)
+        ax = axes[0][0]
+        for w in sorted({p["world_size"] for p in points}):
+            mine = [p for p in points if p["world_size"] == w]
+            meas = [p["measured_dispatch_ms"] + p["measured_combine_ms"] for p in mine]
+            pred = [p["predicted_dispatch_ms"] + p["predicted_combine_ms"] for p in mine]
+            ax.scatter(meas, pred, label=f"{w} ranks")
+        top = max(max(p["measured_dispatch_ms"] + p["measured_combine_ms"] for p in points), 1e-3) * 1.1
+        ax.plot([0, top], [0, top], color="#888", linestyle="--", linewidth=1)
+        ax.set_xlabel("measured dispatch + combine (ms)")
+        ax.set_ylabel("predicted (ms)")
+        ax.legend(fontsize=8)
+        plot = save(
+            fig,
+            out_dir / "ep_model.png",
+            "Cost model: predicted against measured all-to-all time",
+            "Each point is one shape and token count; on the dashed line the model is exact.",
+        )
+        blocks.append(Image(plot.path, plot.title, plot.caption))
+    return blocks
