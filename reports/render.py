@@ -11,6 +11,7 @@ import pandas as pd
 
 from reports import tables
 from reports.document import Block, Heading, Image, Para, Table, to_html, to_markdown
+from reports.ep import ep_blocks
 from reports.facets import split_groups
 from reports.load import LIST_COLUMNS, load_run
 from reports.plots import make_plots
@@ -67,6 +68,7 @@ def render_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Pat
                 continue
             blocks.append(Para(f"{name} plot skipped: {reason}.", note=True))
 
+    blocks += ep_blocks(run_dir, out)
     title = f"moe-bench report: {meta.get('suite', '?')} on {meta.get('device_name') or meta.get('device', '?')}"
     (out / "report.md").write_text(f"# {title}\n\n" + to_markdown(blocks, out))
     html_path = out / "report.html"
