@@ -41,7 +41,71 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--context", type=int, default=4096, help="positions a token attends to, for attention FLOPs (default 4096)"
     )
+    ep = p.add_argument_group("expert parallelism (--ep): where sharding experts over ranks stops paying off")
+    ep.add_argument("--ep", action="store_true", help="add the EP cost model's table (suites/ep_costs.py)")
+    ep.add_argument("--tokens-per-rank", type=int, default=4096, help="tokens each rank routes (default 4096)")
+    ep.add_argument("--ranks-per-node", type=int, default=8, help="GPUs per node (default 8)")
+    ep.add_argument("--intra-gbs", type=float, default=450.0, help="NVLink-class GB/s per rank (default 450)")
+    ep.add_argument("--intra-us", type=float, default=10.0, help="intra-node all-to-all latency, us (default 10)")
+    ep.add_argument("--inter-gbs", type=float, default=50.0, help="InfiniBand-class GB/s per rank (default 50)")
+    ep.add_argument("--inter-us", type=float, default=25.0, help="inter-node all-to-all latency, us (default 25)")
+    ep.add_argument("--tflops", type=float, default=400.0, help="achieved expert matmul TFLOP/s (default 400)")
     p.set_defaults(func=run)
+
+
+def ep_table(cfg: ModelConfig, dtype: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Predicted dispatch/combine/compute per world size for the model's MoE layer, and where EP stops paying."""
+    from suites import ep_costs
+
+    shape = ep_costs.ExpertShape.from_config(cfg.moe_layer().config, acc.DTYPE_BYTES[dtype])
+    cluster = ep_costs.Cluster(
+        args.ranks_per_node,
+        ep_costs.Link(args.intra_gbs * 1e9, args.intra_us * 1e-6),
+        ep_costs.Link(args.inter_gbs * 1e9, args.inter_us * 1e-6),
+    )
+    E, G = shape.num_experts, cluster.ranks_per_node
+    sizes = [r for r in range(1, E + 1) if E % r == 0 and (r <= G or r % G == 0)]
+    rows = []
+    for r in sizes:
+        cost = ep_costs.ep_cost(shape, args.tokens_per_rank, r, cluster, args.tflops * 1e12)
+        ms = {k: getattr(cost, k) * 1e3 for k in ("dispatch_s", "combine_s", "compute_s")}
+        rows.append({"world_size": r, **ms, "compute_to_comm": cost.compute_to_comm})
+    stop = ep_costs.where_ep_stops_paying(shape, args.tokens_per_rank, cluster, args.tflops * 1e12)
+    return {
+        "assumed": {
+            k: getattr(args, k)
+            for k in ("tokens_per_rank", "ranks_per_node", "intra_gbs", "intra_us", "inter_gbs", "inter_us", "tflops")
+        },
+        "world_sizes": rows,
+        "stops_paying_at": stop,
+    }
+
+
+def format_ep(ep: dict[str, Any]) -> str:
+    a = ep["assumed"]
+    lines = [
+        "",
+        f"Expert parallelism, {a['tokens_per_rank']} tokens per rank, {a['ranks_per_node']} ranks per node, "
+        f"links {a['intra_gbs']:g} GB/s + {a['intra_us']:g} us (intra) / {a['inter_gbs']:g} GB/s + {a['inter_us']:g} us "
+        f"(inter), experts at {a['tflops']:g} TFLOP/s (assumed, not measured):",
+        f"  {'ranks':>5} {'dispatch ms':>12} {'combine ms':>11} {'compute ms':>11} {'compute/comm':>13}",
+    ]
+    for row in ep["world_sizes"]:
+        ratio = row["compute_to_comm"]
+        lines.append(
+            f"  {row['world_size']:>5} {row['dispatch_s']:>12.3f} {row['combine_s']:>11.3f} {row['compute_s']:>11.3f} "
+            f"{ratio:>13.2f}"
+            if ratio != float("inf")
+            else f"  {row['world_size']:>5} {row['dispatch_s']:>12.3f} {row['combine_s']:>11.3f} {row['compute_s']:>11.3f} "
+            f"{'no comm':>13}"
+        )
+    stop = ep["stops_paying_at"]
+    lines.append(
+        f"  communication outweighs expert compute from {stop} ranks on"
+        if stop
+        else "  compute stays above communication at every world size E allows"
+    )
+    return "\n".join(lines)
 
 
 def load_model(spec: str) -> tuple[ModelConfig, Published | None]:
@@ -205,8 +269,13 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--context must be >= 0, got {args.context}")
         cfg, published = load_model(args.model)
         r = report(cfg, args.dtype, args.context, published)
+        if args.ep:
+            r["expert_parallel"] = ep_table(cfg, args.dtype, args)
     except ValueError as exc:
         print(f"moe-bench calc: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
-    print(json.dumps(r, indent=2) if args.json else format_report(r))
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print(format_report(r) + (format_ep(r["expert_parallel"]) if args.ep else ""))
     return 0

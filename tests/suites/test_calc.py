@@ -121,3 +121,17 @@ def test_unknown_preset_and_bad_context_exit_2(capsys):
     assert "neither a preset (deepseek-v2-lite" in capsys.readouterr().err
     assert main(["calc", "mixtral-8x7b", "--context", "-1"]) == 2
     assert capsys.readouterr().err == "moe-bench calc: --context must be >= 0, got -1\n"
+
+
+def test_ep_table_marks_where_communication_outweighs_compute(capsys):
+    assert main(["calc", "deepseek-v3", "--json", "--ep", "--tokens-per-rank", "1024"]) == 0
+    ep = json.loads(capsys.readouterr().out)["expert_parallel"]
+    rows = ep["world_sizes"]
+    assert [r["world_size"] for r in rows][:4] == [1, 2, 4, 8] and all(256 % r["world_size"] == 0 for r in rows)
+    assert rows[0]["dispatch_s"] == 0 and rows[0]["compute_to_comm"] == float("inf")  # one rank: no all-to-all
+    first_below = next((r["world_size"] for r in rows if r["compute_to_comm"] < 1), None)
+    assert ep["stops_paying_at"] == first_below is not None
+    # More bandwidth across nodes moves the break-even point out.
+    assert main(["calc", "deepseek-v3", "--json", "--ep", "--tokens-per-rank", "1024", "--inter-gbs", "5000"]) == 0
+    faster = json.loads(capsys.readouterr().out)["expert_parallel"]["stops_paying_at"]
+    assert faster is None or faster > first_below
