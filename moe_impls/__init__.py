@@ -4,15 +4,16 @@ cfg = MoEConfig(d_model=512, d_ff=1024, num_experts=8, top_k=2)
 weights = MoEWeights(cfg)
 layer = moe_impls.get("sort_group")(weights)
 y, routing = layer(x)
+layer = moe_impls.resolve("hf_grouped_mm+compile")(weights)   # peers, compiled variants, plug-ins by name
 """
 
-from moe_impls import dense_all, loop, padded, sort_group  # noqa: F401  (registers the implementations)
+from moe_impls import dense_all, loop, padded, peers, plugins, registry, sort_group  # noqa: F401  (registers them)
 from moe_impls.config import ACTIVATIONS, ROUTERS, SKEWS, MoEConfig, SyntheticRouting
 from moe_impls.dense import BASELINES, DenseFFN, flop_matched, param_matched
 from moe_impls.expert_parallel import ExpertParallelMoE  # not registered: it needs a process group
 from moe_impls.hf import from_transformers
 from moe_impls.layer import MoELayer
-from moe_impls.registry import get, names, register
+from moe_impls.registry import Impl, get, names, register, resolve
 from moe_impls.routing import Router, RoutingRecord
 from moe_impls.weights import MoEWeights
 
@@ -25,6 +26,7 @@ __all__ = [
     "ROUTERS",
     "SKEWS",
     "DenseFFN",
+    "Impl",
     "ExpertParallelMoE",
     "MoEConfig",
     "MoELayer",
@@ -38,4 +40,5 @@ __all__ = [
     "names",
     "param_matched",
     "register",
+    "resolve",
 ]

@@ -12,6 +12,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from moe_impls.config import MoEConfig
 from moe_impls.routing import Router, RoutingRecord
 from moe_impls.weights import MoEWeights
 
@@ -36,6 +37,19 @@ class MoELayer(nn.Module):
     def compute_experts(self, x_TD: torch.Tensor, routing: RoutingRecord) -> tuple[torch.Tensor, int]:
         """Return the combined expert output [T, D] (fp32 or the input dtype) and the rows the matmuls computed."""
         raise NotImplementedError
+
+    @classmethod
+    def unsupported(cls, cfg: MoEConfig) -> str | None:
+        """Why this implementation cannot compute `cfg` (the benchmark then skips it), or None when it can."""
+        return None
+
+    @classmethod
+    def predicted_bytes(cls, cfg: MoEConfig, tokens: int, dtype: torch.dtype, mode: str) -> int | None:
+        """Bytes one call allocates beyond weights and input, for those whose footprint could take a machine down.
+
+        None (the default) means not predicted: the runner then simply runs it and records an out-of-memory.
+        """
+        return None
 
     def _check_input(self, hidden: torch.Tensor) -> None:
         where = f"{type(self).__name__}({self.name})"

@@ -1,15 +1,31 @@
-"""Implementations by name, so suites and the CLI can pick them from a string."""
+"""Implementations by name, so suites and the CLI can pick them from a string.
+
+`get(name)` returns a registered `MoELayer` class. `resolve(name)` accepts every name a suite may run and
+returns an `Impl`, a factory `weights -> nn.Module`:
+    loop, sort_group, hf_grouped_mm, ...     registered classes (the transformers peers when it is installed)
+    <impl>+compile                           `impl` under torch.compile (moe_impls/compiled.py)
+    a plug-in entry point's name             group `moe_bench.impls` (moe_impls/plugins.py)
+    package.module:factory                   a plug-in named by its import path
+A plug-in is imported only when its factory is first called, so an import error belongs to the point that hit it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from moe_impls.config import MoEConfig
     from moe_impls.layer import MoELayer
+    from moe_impls.weights import MoEWeights
 
 _IMPLS: dict[str, type[MoELayer]] = {}
 L = TypeVar("L", bound="type[MoELayer]")
+COMPILE_SUFFIX = "+compile"
 
 
 def register(name: str) -> Callable[[L], L]:
@@ -32,3 +48,57 @@ def get(name: str) -> type[MoELayer]:
 
 def names() -> list[str]:
     return sorted(_IMPLS)
+
+
+@dataclass(frozen=True)
+class Impl:
+    """A resolved name: `impl(weights)` builds the module; `layer_cls` answers what it cannot run or would cost."""
+
+    name: str
+    build: Callable[[MoEWeights], nn.Module]
+    kind: str  # 'builtin', 'plugin', each with '+compile' when compiled
+    layer_cls: type[MoELayer] | None = None
+    compiled: bool = False
+
+    def __call__(self, weights: MoEWeights) -> nn.Module:
+        return self.build(weights)
+
+    def unsupported(self, cfg: MoEConfig) -> str | None:
+        """Why this implementation cannot run `cfg` at all (the row is skipped), or None."""
+        return self.layer_cls.unsupported(cfg) if self.layer_cls is not None else None
+
+    def predicted_bytes(self, cfg: MoEConfig, tokens: int, dtype: torch.dtype, mode: str) -> int | None:
+        """Bytes one call allocates beyond the weights and input, where the footprint is known; else None."""
+        return self.layer_cls.predicted_bytes(cfg, tokens, dtype, mode) if self.layer_cls is not None else None
+
+
+def resolve(name: str) -> Impl:
+    """The `Impl` for any runnable name; KeyError (one line, with the known names) for anything else."""
+    if name.endswith(COMPILE_SUFFIX) and len(name) > len(COMPILE_SUFFIX):
+        from moe_impls.compiled import compile_layer
+
+        base = resolve(name[: -len(COMPILE_SUFFIX)])
+        if base.compiled:
+            raise KeyError(f"implementation {name!r}: compiled twice")
+        return Impl(name, lambda w: compile_layer(base.build(w)), base.kind + COMPILE_SUFFIX, base.layer_cls, True)
+    if name in _IMPLS:
+        return Impl(name, _IMPLS[name], "builtin", _IMPLS[name])
+    from moe_impls import peers, plugins
+
+    if name in peers.absent():
+        raise KeyError(f"implementation {name!r}: {peers.absent()[name]}")
+    build = plugins.factory(name)
+    if build is None:
+        known = names() + plugins.entry_point_names()
+        raise KeyError(
+            f"unknown implementation {name!r}; known: {', '.join(known)}, <impl>{COMPILE_SUFFIX}, or module.path:factory"
+        )
+    return Impl(name, build, "plugin")
+
+
+def is_known(name: str) -> bool:
+    try:
+        resolve(name)
+    except KeyError:
+        return False
+    return True

@@ -24,6 +24,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--no-report", action="store_true", help="skip rendering the report")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument(
+        "--impl",
+        action="append",
+        default=[],
+        metavar="MODULE:FACTORY",
+        help="also run this plug-in (factory(cfg, weights) -> nn.Module, see moe_impls/plugins.py); repeatable",
+    )
+    run.add_argument(
         "--nproc", type=int, help="expert-parallel suites: launch N ranks through torch.distributed.run (see ep_run)"
     )
     run.set_defaults(func=cmd_run)
@@ -47,10 +54,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         only = [n.strip() for n in args.only.split(",") if n.strip()]
         known = [*moe_impls.names(), spec.EP_IMPL]
         unknown = [n for n in only if n not in known and n not in moe_impls.BASELINES]
+        unknown = [n for n in unknown if not moe_impls.registry.is_known(n)]  # <impl>+compile, plug-ins
         if unknown:
-            return _error(f"--only: unknown implementation {unknown[0]!r}; known: {', '.join(moe_impls.names())}")
+            return _error(f"--only: {_unknown(unknown[0])}")
         impls = [n for n in only if n not in moe_impls.BASELINES]
         baselines = [n for n in only if n in moe_impls.BASELINES]
+    for name in args.impl:
+        if not moe_impls.registry.is_known(name):
+            return _error(f"--impl: {_unknown(name)}")
+        impls += [name] if name not in impls else []
     out = args.out
     if args.resume and out is None:
         previous = sorted(Path("results").glob(f"{suite.name}-*"))
@@ -77,6 +89,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
+def _unknown(name: str) -> str:
+    try:
+        moe_impls.resolve(name)
+    except KeyError as exc:
+        return str(exc.args[0])
+    return f"{name!r} is known"
+
+
 def summary_table(out: Path, max_rows: int = 40) -> str:
     """Median latency (ms) per point and implementation; failures shown by their status."""
     df = pd.read_json(out / "results.jsonl", lines=True)
@@ -95,6 +115,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name, description in spec.available().items():
         print(f"  {name:8s} {description}")
     print("implementations:", ", ".join(moe_impls.names()))
+    absent = moe_impls.peers.absent()
+    if absent:
+        print(f"  peers {', '.join(absent)} absent: {next(iter(absent.values()))}")
+    print("  any of them as <impl>+compile: torch.compile (mode default), compile time in compile_s")
+    plugins = moe_impls.plugins.entry_point_names()
+    print(f"plug-ins ({moe_impls.plugins.GROUP} entry points):", ", ".join(plugins) or "none installed")
+    print("  or run one by path: moe-bench run --impl package.module:factory")
     print("baselines:", ", ".join(moe_impls.BASELINES))
     print("routers:", ", ".join(moe_impls.ROUTERS))
     print("routing skews: uniform, zipf:S, hot:P, collapse")

@@ -46,6 +46,21 @@ def measure_cpu(fn: Callable[[], R]) -> tuple[R, MemoryMeasurement]:
     return result, MemoryMeasurement("cpu", peak, None)
 
 
+def available_bytes(device: torch.device) -> int | None:
+    """Memory a new allocation can take now: CUDA's free bytes, or the kernel's MemAvailable; None if unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def measure_memory(fn: Callable[[], R], device: torch.device) -> tuple[R, MemoryMeasurement]:
     """Runs `fn` once; returns its result and the memory it needed on top of what was already live."""
     return measure_cuda(fn) if device.type == "cuda" else measure_cpu(fn)

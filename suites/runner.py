@@ -12,7 +12,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import moe_impls
 from moe_impls import MoEWeights, RoutingRecord
 from suites import flops as F
 from suites.balance import balance_columns, experts_touched
-from suites.memory import measure_memory
+from suites.memory import available_bytes, measure_memory
 from suites.nvml import NVML
 from suites.peaks import measure_peaks
 from suites.results import ResultsWriter, read_run_meta, write_run_meta
@@ -34,6 +34,8 @@ from suites.timing import time_fn
 RTOL = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 5e-3}
 # dense_all materialises [E, T, H]; above this many bytes the reference is `loop` (tested equal to dense_all)
 DENSE_REFERENCE_MAX_BYTES = 1 << 30
+# a row whose predicted footprint exceeds this share of the free memory is skipped, never attempted
+MEMORY_HEADROOM = 0.8
 
 
 @dataclass
@@ -185,7 +187,7 @@ class Runner:
             x = torch.randn(point.tokens, point.d_model, generator=gen).to(self.device, dtype)
             grad_out = torch.randn(point.tokens, point.d_model, generator=gen).to(self.device, dtype)
             weights = MoEWeights(cfg, device=self.device, dtype=dtype, seed=self.suite.seed)
-            reference, ref_out, ref_grad = self._reference(weights, x, grad_out, point.mode)
+            reference, ref_out, ref_grad, ref_routing = self._reference(weights, x, grad_out, point.mode)
         except Exception as exc:
             status = "oom" if is_oom(exc) else "error"
             _release()
@@ -195,9 +197,10 @@ class Runner:
             bar.set_postfix_str(f"{point.shape} T={point.tokens} {point.dtype} {point.mode} {point.routing} {name}")
             family = "dense" if name in moe_impls.BASELINES else "moe"
             row = {**base, "impl": name, "family": family, "reference": reference if family == "moe" else None}
+            row.update(compile_s=None, predicted_mem_bytes=None)
             try:
                 if family == "moe":
-                    row.update(self._measure_moe(name, weights, x, grad_out, point, ref_out, ref_grad))
+                    row.update(self._measure_moe(name, weights, x, grad_out, point, ref_out, ref_grad, ref_routing))
                 else:
                     row.update(self._measure_dense(name, x, grad_out, point))
             except Exception as exc:
@@ -214,20 +217,42 @@ class Runner:
         cfg = weights.cfg
         dense_bytes = cfg.num_experts * x.shape[0] * cfg.expert_in_features * x.element_size()
         name = moe_impls.REFERENCE if dense_bytes <= DENSE_REFERENCE_MAX_BYTES else "loop"
-        out, grad, _ = check_call(moe_impls.get(name)(weights), x, grad_out, mode)
-        return name, out, grad
+        out, grad, routing = check_call(moe_impls.get(name)(weights), x, grad_out, mode)
+        return name, out, grad, routing
 
     # ---- measuring one row ----------------------------------------------------------------------------------
-    def _measure_moe(self, name, weights: MoEWeights, x, grad_out, point: Point, ref_out, ref_grad) -> dict:
-        layer = moe_impls.get(name)(weights)
+    def _measure_moe(
+        self, name, weights: MoEWeights, x, grad_out, point: Point, ref_out, ref_grad, ref_routing
+    ) -> dict:
+        impl = moe_impls.resolve(name)  # built-ins, peers, <impl>+compile and plug-ins alike
+        predicted = impl.predicted_bytes(weights.cfg, point.tokens, x.dtype, point.mode)
+        skip = self._skip_reason(impl, weights.cfg, predicted)
+        if skip:
+            return {"status": "skipped", "error": skip, "predicted_mem_bytes": predicted}
+        layer = impl(weights)
+        compile_s = None
+        if impl.compiled:  # the first call compiles; it is timed on its own, outside every measurement
+            start = time.perf_counter()
+            check_call(layer, x, grad_out, point.mode)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            compile_s = time.perf_counter() - start
         (out, grad, routing), memory = measure_memory(lambda: check_call(layer, x, grad_out, point.mode), self.device)
+        extra = {"compile_s": compile_s, "predicted_mem_bytes": predicted}
+        if not isinstance(out, torch.Tensor) or out.shape != ref_out.shape:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            return {**extra, "status": "wrong", "error": f"output {got}, expected {tuple(ref_out.shape)} (the input's)"}
+        if point.mode == "train" and grad is None:
+            return {**extra, "status": "wrong", "error": "no gradient reached the input in train mode"}
+        if routing is None:  # a plug-in that returns no routing record: its balance is the reference's routing
+            routing = replace(ref_routing, computed_rows=None)
         scale = max(float(ref_out.abs().max()) if ref_out.numel() else 0.0, 1e-6)
         tolerance = RTOL[point.dtype] * scale
         err = float((out.float() - ref_out.float()).abs().max()) if out.numel() else 0.0
         if grad is not None:
             grad_scale = max(float(ref_grad.abs().max()), 1e-6)
             err = max(err, float((grad.float() - ref_grad.float()).abs().max()) * scale / grad_scale)
-        check = {"max_abs_err": err, "tolerance": tolerance, **balance_columns(routing)}
+        check = {**extra, "max_abs_err": err, "tolerance": tolerance, **balance_columns(routing)}
         if not err <= tolerance:
             return {**check, "status": "wrong", "error": f"max |out - reference| = {err:.3g} > {tolerance:.3g}"}
         cfg = weights.cfg
@@ -235,6 +260,19 @@ class Runner:
         touched = experts_touched(routing) * per_expert + weights.router.weight.numel() * x.element_size()
         flops = F.moe_flops(cfg, point.tokens, routing.token_idx_N.numel(), point.mode)
         return {**check, **self._time(layer, x, grad_out, point, flops, touched, weights.nbytes(), memory)}
+
+    def _skip_reason(self, impl: moe_impls.Impl, cfg: moe_impls.MoEConfig, predicted: int | None) -> str | None:
+        """Why the row is not attempted: the implementation cannot express `cfg`, or it cannot fit in memory."""
+        why = impl.unsupported(cfg)
+        if why or predicted is None:
+            return why
+        free = available_bytes(self.device)
+        if free is not None and predicted > MEMORY_HEADROOM * free:
+            return (
+                f"predicted {predicted / 1e9:.3g} GB per call > {MEMORY_HEADROOM:.0%} of the "
+                f"{free / 1e9:.3g} GB available on {self.device.type}"
+            )
+        return None
 
     def _measure_dense(self, name, x, grad_out, point: Point) -> dict:
         cfg = point.moe_config()

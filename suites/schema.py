@@ -45,6 +45,8 @@ RESULT_COLUMNS: dict[str, str] = {
     "latency_ms_p99": "99th percentile",
     "latency_ms_iqr": "interquartile range p75 - p25",
     "rel_iqr": "latency_ms_iqr / latency_ms_median: the noise the stopping rule looked at",
+    "compile_s": "<impl>+compile rows: wall seconds of the first call (torch.compile's tracing and code generation "
+    "plus one run), measured apart from every timed sample; null for eager rows",
     # derived throughput
     "tokens_per_s": "tokens / median latency (expert_parallel: global_tokens / median latency)",
     "flops": "floating-point operations per call, counted analytically from the assigned tokens (see suites/flops.py)",
@@ -59,6 +61,9 @@ RESULT_COLUMNS: dict[str, str] = {
     "reserved_mem_bytes": "CUDA: peak bytes reserved by the caching allocator; CPU: null",
     "weight_bytes": "bytes of the layer's parameters (all experts resident)",
     "activation_bytes": "peak_mem_bytes - weight_bytes - input bytes: activations and workspace",
+    "predicted_mem_bytes": "bytes one call was predicted to allocate beyond weights and input, where an "
+    "implementation's footprint is known (hf_batched_mm); a row whose prediction exceeds the free memory is "
+    "skipped with it, so the cost is on record without running it; null when not predicted",
     # load balance (MoE rows; from the routing of the timed input)
     "tokens_per_expert": "list, assignments each expert computed",
     "load_cv": "coefficient of variation of tokens_per_expert (population std / mean)",

@@ -187,7 +187,7 @@ def _build(raw: dict, path: Path, file_hash: str, impl_names: list[str] | None) 
     seed = raw.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise _fail(path, "seed", seed, "expected an integer")
-    impls = _choices(raw, "impls", [*(impl_names or moe_impls.names()), EP_IMPL], path)
+    impls = _impl_choices(raw, [*(impl_names or moe_impls.names()), EP_IMPL], path)
     if raw.get("baselines") == []:
         baselines = ()
     else:
@@ -255,6 +255,17 @@ def check_world_size(points: list[Point] | tuple[Point, ...], world_size: int, p
             raise _fail(path, "nproc", world_size, f"{EP_IMPL}: shape {p.shape!r}: {why}")
         if p.mode != "forward":
             raise _fail(path, "modes", p.mode, f"{EP_IMPL} measures the forward pass only")
+
+
+def _impl_choices(raw: dict, allowed: list[str], path: Path) -> tuple[str, ...]:
+    """Named implementations, `<impl>+compile` and plug-ins; transformers peers are dropped where it is absent."""
+    absent = moe_impls.peers.absent()
+    values = _list_of(raw, "impls", str, path)
+    for v in values:
+        if v not in allowed and v not in absent and not moe_impls.registry.is_known(v):
+            expected = f"one of {', '.join(allowed)}, <impl>+compile, a plug-in or module.path:factory"
+            raise _fail(path, "impls", v, f"expected {expected}")
+    return tuple(v for v in values if v not in absent)
 
 
 def _routings(raw: dict, path: Path, default: list[str]) -> list[str]:

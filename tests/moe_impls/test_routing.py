@@ -40,6 +40,8 @@ def test_dropped_token_gets_zero_output_in_every_impl():
         weights.router.weight.copy_(torch.tensor([[5.0, 0.0], [0.0, 5.0]]))
     x = torch.tensor([[1.0, 0.0], [1.0, 0.1], [1.0, 0.2], [0.0, 1.0]])
     for name in moe_impls.names():
+        if moe_impls.get(name).unsupported(cfg):  # transformers' peers are dropless
+            continue
         y, r = moe_impls.get(name)(weights)(x)
         assert int(r.num_dropped) == 1, name
         assert torch.equal(y[2], torch.zeros(2)), name
