@@ -58,6 +58,11 @@ def render_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Pat
             blocks.append(
                 Table(headers, rows, "Fastest MoE implementation per point (margin = runner-up / winner - 1)")
             )
+        headers, rows = tables.versus_peers(g)
+        if rows:
+            blocks.append(
+                Table(headers, rows, "Our fastest vs the fastest transformers implementation (below 1: ours faster)")
+            )
         headers, rows = tables.versus_dense(g)
         if rows:
             blocks.append(Table(headers, rows, "Each MoE implementation vs the dense baselines (above 1x: MoE faster)"))

@@ -87,6 +87,42 @@ def winners(group: Group) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
+PEER_PREFIX = "hf_"
+SAME_WITHIN = 0.05
+
+
+def versus_peers(group: Group) -> tuple[list[str], list[list[str]]]:
+    """Our fastest implementation against the fastest transformers one (`hf_*`) at each point."""
+    headers = ["tokens", "routing", "ours", "median", "transformers", "median", "ours / theirs", "MWU p", "verdict"]
+    rows = []
+    for (routing, tokens), pts in _points(group).groupby(["routing", "tokens"], dropna=False, sort=True):
+        pts = pts[pts["latency_ms_median"].notna()].sort_values("latency_ms_median")
+        peer = pts["impl"].str.startswith(PEER_PREFIX)
+        if not peer.any() or peer.all():
+            continue
+        ours, theirs = pts[~peer].iloc[0], pts[peer].iloc[0]
+        ratio = ours["latency_ms_median"] / theirs["latency_ms_median"]
+        _, p = mann_whitney_u(samples_of(ours), samples_of(theirs))
+        if abs(ratio - 1) <= SAME_WITHIN:
+            verdict = f"within {SAME_WITHIN:.0%}"
+        else:
+            verdict = ("faster" if ratio < 1 else "slower") + ("" if p < ALPHA else " (n.s.)")
+        rows.append(
+            [
+                fmt_value(tokens),
+                fmt_value(routing),
+                ours["impl"],
+                fmt_ms(ours["latency_ms_median"]),
+                theirs["impl"],
+                fmt_ms(theirs["latency_ms_median"]),
+                f"{ratio:.3g}",
+                f"{p:.2g}",
+                verdict,
+            ]
+        )
+    return headers, rows
+
+
 def versus_dense(group: Group) -> tuple[list[str], list[list[str]]]:
     headers = [
         "tokens",

@@ -43,7 +43,11 @@ def plot(group: Group, meta: dict, out_dir: Path) -> PlotFile | str:
             acts.append(max(a, 0.0) / MIB)
             rest.append(max(peak - w - max(a, 0.0), 0.0) / MIB)
         failed = failed_at(group, t, exclude=names)
+        predicted = {}  # skipped rows whose footprint was predicted: drawn hatched, at the predicted size
         for impl, status in failed.items():
+            guess = _predicted(group, impl, t) if status == "skipped" else None
+            if guess is not None:
+                predicted[len(names)] = guess / MIB
             mark_missing(ax, len(names), status)
             names.append(impl)
             weights.append(0.0)
@@ -53,6 +57,15 @@ def plot(group: Group, meta: dict, out_dir: Path) -> PlotFile | str:
         ax.bar(x, weights, color="#4c72b0", label="weights")
         ax.bar(x, acts, bottom=weights, color="#dd8452", label="activations + workspace")
         ax.bar(x, rest, bottom=np.add(weights, acts), color="#c7c7c7", label="input + other")
+        if predicted:
+            ax.bar(
+                list(predicted),
+                list(predicted.values()),
+                fill=False,
+                hatch="//",
+                edgecolor="#b00020",
+                label="predicted, not run (skipped)",
+            )
         ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
         ax.set_ylabel("peak memory (MiB)")
         ax.set_title(f"T = {fmt_value(t)}", fontsize=9)
@@ -63,6 +76,15 @@ def plot(group: Group, meta: dict, out_dir: Path) -> PlotFile | str:
     fig.suptitle(f"Peak memory per call ({how})\n{group.label}", fontsize=10)
     caption = (
         "Stacked: parameter bytes (all experts resident), activations and workspace, and the rest of the peak "
-        "(the input). MoE pays for every expert in weights; dense_all and padded also in activations."
+        "(the input). MoE pays for every expert in weights; dense_all and padded also in activations. "
+        "Hatched: a footprint the runner predicted and did not run, because it could not fit."
     )
     return save(fig, out_dir / f"{group.slug}_memory.png", "Peak memory", caption)
+
+
+def _predicted(group: Group, impl: str, tokens: float) -> float | None:
+    """Bytes the runner predicted for a row it skipped (e.g. transformers' batched_mm weight gathers)."""
+    if "predicted_mem_bytes" not in group.df:
+        return None
+    rows = group.df[(group.df["impl"] == impl) & (group.df["tokens"] == tokens)]["predicted_mem_bytes"].dropna()
+    return float(rows.iloc[0]) if len(rows) else None

@@ -1,5 +1,6 @@
 import re
 
+import pandas as pd
 import pytest
 
 from reports.load import RunLoadError
@@ -82,3 +83,37 @@ def test_cli_report(tmp_path, capsys):
 def test_render_raises_one_line_on_bad_input(tmp_path):
     with pytest.raises(RunLoadError):
         render_report(tmp_path / "missing")
+
+
+def test_versus_peers_table_compares_our_best_with_the_best_transformers_row():
+    from reports import tables
+    from reports.facets import split_groups
+    from reports.load import normalise
+
+    rows = []
+    for impl, scale in [("sort_group", 1.0), ("loop", 1.5), ("hf_grouped_mm", 1.25), ("hf_eager", 2.0)]:
+        samples = [scale * (1 + 0.01 * i) for i in range(10)]
+        rows.append(
+            dict(
+                point_id="p",
+                impl=impl,
+                family="moe",
+                tokens=64,
+                d_model=8,
+                d_ff=8,
+                num_experts=4,
+                top_k=2,
+                activation="swiglu",
+                dtype="float32",
+                mode="forward",
+                routing="softmax_topk",
+                status="ok",
+                samples_ms=samples,
+                latency_ms_median=sorted(samples)[5],
+            )
+        )
+    (group,) = split_groups(normalise(pd.DataFrame(rows)))
+    headers, table = tables.versus_peers(group)
+    (row,) = table
+    assert row[2] == "sort_group" and row[4] == "hf_grouped_mm"
+    assert float(row[6]) == pytest.approx(0.8, rel=1e-3) and row[-1] == "faster"
