@@ -45,6 +45,14 @@ def _points(group: Group) -> pd.DataFrame:
     return moe.sort_values(["routing", "tokens", "latency_ms_median"], na_position="last")
 
 
+def _ranked(group: Group):
+    """(routing, tokens, the point's timed MoE rows fastest first) for every point with a timing."""
+    for (routing, tokens), pts in _points(group).groupby(["routing", "tokens"], dropna=False, sort=True):
+        pts = pts[pts["latency_ms_median"].notna()].sort_values("latency_ms_median")
+        if len(pts):
+            yield routing, tokens, pts
+
+
 def dense_reference(group: Group, impl: str, tokens: float, routing: str | None):
     """The ok dense row `impl` at `tokens`, preferring the same routing (dense layers ignore routing)."""
     rows = group.ok[(group.ok["impl"] == impl) & (group.ok["tokens"] == tokens)]
@@ -65,10 +73,7 @@ def winners(group: Group) -> tuple[list[str], list[list[str]]]:
         "winner vs flop_matched",
     ]
     rows = []
-    for (routing, tokens), pts in _points(group).groupby(["routing", "tokens"], dropna=False, sort=True):
-        pts = pts[pts["latency_ms_median"].notna()].sort_values("latency_ms_median")
-        if not len(pts):
-            continue
+    for routing, tokens, pts in _ranked(group):
         best = pts.iloc[0]
         flop = dense_reference(group, "flop_matched", tokens, routing)
         eff = fmt_ratio(flop["latency_ms_median"] / best["latency_ms_median"]) if flop is not None else "-"
@@ -95,8 +100,7 @@ def versus_peers(group: Group) -> tuple[list[str], list[list[str]]]:
     """Our fastest implementation against the fastest transformers one (`hf_*`) at each point."""
     headers = ["tokens", "routing", "ours", "median", "transformers", "median", "ours / theirs", "MWU p", "verdict"]
     rows = []
-    for (routing, tokens), pts in _points(group).groupby(["routing", "tokens"], dropna=False, sort=True):
-        pts = pts[pts["latency_ms_median"].notna()].sort_values("latency_ms_median")
+    for routing, tokens, pts in _ranked(group):
         peer = pts["impl"].str.startswith(PEER_PREFIX)
         if not peer.any() or peer.all():
             continue
