@@ -42,7 +42,7 @@ def checked_call(point: spec.Point, impl: str) -> tuple[Callable[[], object], Ca
         module = moe_impls.BASELINES[impl](cfg, device=DEVICE, dtype=dtype, seed=point.seed)
     else:
         weights = MoEWeights(cfg, device=DEVICE, dtype=dtype, seed=point.seed)
-        module = moe_impls.get(impl)(weights)
+        module = moe_impls.resolve(impl)(weights)  # built-ins, peers, +compile and plug-ins alike
         ref, _, _ = check_call(moe_impls.get("loop")(weights), x, grad_out, point.mode)
         out, _, _ = check_call(module, x, grad_out, point.mode)
         err = float((out.float() - ref.float()).abs().max())
