@@ -28,7 +28,7 @@ from suites.nvml import NVML
 from suites.peaks import measure_peaks
 from suites.results import ResultsWriter, read_run_meta, write_run_meta
 from suites.spec import Point, Suite
-from suites.timing import time_fn
+from suites.timing import Timed, Timing, time_rows
 
 # max |impl - reference| allowed, relative to the reference's largest magnitude
 RTOL = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 5e-3}
@@ -36,6 +36,14 @@ RTOL = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 5e-3}
 DENSE_REFERENCE_MAX_BYTES = 1 << 30
 # a row whose predicted footprint exceeds this share of the free memory is skipped, never attempted
 MEMORY_HEADROOM = 0.8
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A row whose output matched the reference, waiting to be timed with its point's other rows."""
+
+    timed: Timed
+    finish: Callable[[Timing], dict]
 
 
 @dataclass
@@ -192,21 +200,36 @@ class Runner:
             status = "oom" if is_oom(exc) else "error"
             _release()
             return [self._failed(base, name, status, f"point setup: {one_line(exc)}") for name in todo]
-        rows = []
+        label = f"{point.shape} T={point.tokens} {point.dtype} {point.mode} {point.routing}"
+        rows, pending = [], {}
         for name in todo:
-            bar.set_postfix_str(f"{point.shape} T={point.tokens} {point.dtype} {point.mode} {point.routing} {name}")
+            bar.set_postfix_str(f"{label} {name} (check)")
             family = "dense" if name in moe_impls.BASELINES else "moe"
             row = {**base, "impl": name, "family": family, "reference": reference if family == "moe" else None}
             row.update(compile_s=None, predicted_mem_bytes=None)
             try:
                 if family == "moe":
-                    row.update(self._measure_moe(name, weights, x, grad_out, point, ref_out, ref_grad, ref_routing))
+                    result = self._check_moe(name, weights, x, grad_out, point, ref_out, ref_grad, ref_routing)
                 else:
-                    row.update(self._measure_dense(name, x, grad_out, point))
+                    result = self._check_dense(name, x, grad_out, point)
+                if isinstance(result, Pending):
+                    pending[name] = (row, result)
+                else:
+                    row.update(result)
             except Exception as exc:
                 row.update(status="oom" if is_oom(exc) else "error", error=one_line(exc))
                 _release()
             rows.append(row)
+        bar.set_postfix_str(f"{label}: timing {len(pending)} rows round-robin")
+        timings = time_rows({n: p.timed for n, (_, p) in pending.items()}, self.device, self.suite.timing)
+        for name, (row, p) in pending.items():
+            try:
+                if timings[name].error is not None:
+                    raise timings[name].error
+                row.update(p.finish(timings[name]))
+            except Exception as exc:
+                row.update(status="oom" if is_oom(exc) else "error", error=one_line(exc))
+                _release()
         return rows
 
     def _failed(self, base: dict, name: str, status: str, error: str) -> dict:
@@ -221,9 +244,10 @@ class Runner:
         return name, out, grad, routing
 
     # ---- measuring one row ----------------------------------------------------------------------------------
-    def _measure_moe(
+    def _check_moe(
         self, name, weights: MoEWeights, x, grad_out, point: Point, ref_out, ref_grad, ref_routing
-    ) -> dict:
+    ) -> dict | Pending:
+        """A finished row (skipped, wrong) or, once the output matched the reference, a row waiting for its timing."""
         impl = moe_impls.resolve(name)  # built-ins, peers, <impl>+compile and plug-ins alike
         predicted = impl.predicted_bytes(weights.cfg, point.tokens, x.dtype, point.mode)
         skip = self._skip_reason(impl, weights.cfg, predicted)
@@ -259,7 +283,7 @@ class Runner:
         per_expert = weights.expert_bytes() // cfg.num_experts
         touched = experts_touched(routing) * per_expert + weights.router.weight.numel() * x.element_size()
         flops = F.moe_flops(cfg, point.tokens, routing.token_idx_N.numel(), point.mode)
-        return {**check, **self._time(layer, x, grad_out, point, flops, touched, weights.nbytes(), memory)}
+        return self._pending(layer, x, grad_out, point, flops, touched, weights.nbytes(), memory, check)
 
     def _skip_reason(self, impl: moe_impls.Impl, cfg: moe_impls.MoEConfig, predicted: int | None) -> str | None:
         """Why the row is not attempted: the implementation cannot express `cfg`, or it cannot fit in memory."""
@@ -274,23 +298,30 @@ class Runner:
             )
         return None
 
-    def _measure_dense(self, name, x, grad_out, point: Point) -> dict:
+    def _check_dense(self, name, x, grad_out, point: Point) -> Pending:
         cfg = point.moe_config()
         dense = moe_impls.BASELINES[name](cfg, device=self.device, dtype=x.dtype, seed=self.suite.seed)
         weight_bytes = sum(p.numel() * p.element_size() for p in dense.parameters())
         flops = F.dense_flops(cfg.d_model, dense.d_ff, cfg.activation, point.tokens, point.mode)
         _, memory = measure_memory(lambda: check_call(dense, x, grad_out, point.mode), self.device)
-        return self._time(dense, x, grad_out, point, flops, weight_bytes, weight_bytes, memory)
+        return self._pending(dense, x, grad_out, point, flops, weight_bytes, weight_bytes, memory, {})
 
-    def _time(self, module, x, grad_out, point: Point, flops: int, touched: int, weight_bytes: int, memory) -> dict:
-        """Times `module` and derives the row's figures; `memory` was measured on the first (checked) call."""
+    def _pending(
+        self, module, x, grad_out, point: Point, flops: int, touched: int, weight_bytes: int, memory, check: dict
+    ) -> Pending:
+        """The row's timed call, and how its timing becomes the row's figures (energy is measured then, alone)."""
         call, setup = timed_call(module, x, grad_out, point.mode)
-        settings = self.suite.timing
-        if point.mode == "train" and settings.cuda_graph:
-            settings = type(settings)(**{**asdict(settings), "cuda_graph": False})
-        timing = time_fn(call, self.device, settings, setup)
+        timed = Timed(call, setup, graph_ok=point.mode == "forward")
+        return Pending(
+            timed,
+            lambda timing: {**check, **self._figures(timing, call, x, point, flops, touched, weight_bytes, memory)},
+        )
+
+    def _figures(self, timing: Timing, call, x, point: Point, flops, touched, weight_bytes, memory) -> dict:
+        """Statistics and derived figures of a timed row; `memory` was measured on its first (checked) call."""
         stats = timing.stats
-        energy = self.nvml.measure_energy(call, settings.energy_ms) if self.device.type == "cuda" else None
+        energy_ms = self.suite.timing.energy_ms
+        energy = self.nvml.measure_energy(call, energy_ms) if self.device.type == "cuda" else None
         seconds = stats.median * 1e-3
         peak_tflops = self.peaks["matmul_tflops"].get(point.dtype)
         bytes_min = F.min_bytes(touched, point.tokens, point.d_model, x.element_size(), point.mode)

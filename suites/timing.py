@@ -1,9 +1,10 @@
 """Timers with budgets in milliseconds, as triton.testing.do_bench: warm up, then repeat until the relative
 IQR is small enough (after a minimum time) or the budget runs out. Every sample is kept.
 
-CPU: perf_counter around each call. CUDA: pre-allocated CUDA events around each call, L2 flushed before each
-repetition outside the timed region, one synchronise per batch; optionally a CUDA graph replayed instead of
-the eager calls, which removes launch overhead.
+The rows of one point are timed round-robin (`time_rows`), so drift in the machine's speed cannot favour
+the row that happened to run first. CPU: perf_counter around each call. CUDA: CUDA events around each
+call, L2 flushed before each repetition outside the timed region, one synchronise per round; optionally a
+CUDA graph replayed instead of the eager calls, which removes launch overhead.
 """
 
 from __future__ import annotations
@@ -37,10 +38,20 @@ class Timing:
     samples_ms: list[float]
     timer: str
     note: str | None = None
+    error: BaseException | None = None  # raised by the row's call while it was being timed
 
     @property
     def stats(self) -> Stats:
         return Stats.of(self.samples_ms)
+
+
+@dataclass(frozen=True)
+class Timed:
+    """One row to time: the call, the untimed setup run before each call, and whether a CUDA graph may replace it."""
+
+    fn: Callable[[], object]
+    setup: Callable[[], None] | None = None
+    graph_ok: bool = True
 
 
 def _done(samples: list[float], timed_ms: float, elapsed_ms: float, s: TimingSettings) -> bool:
@@ -51,24 +62,6 @@ def _done(samples: list[float], timed_ms: float, elapsed_ms: float, s: TimingSet
     if timed_ms < s.min_time_ms or len(samples) % CHECK_EVERY:
         return False
     return Stats.of(samples).rel_iqr <= s.rel_iqr_target
-
-
-def time_cpu(fn: Callable[[], object], s: TimingSettings, setup: Callable[[], None] | None = None) -> Timing:
-    start = time.perf_counter()
-    while True:
-        setup and setup()
-        fn()
-        if (time.perf_counter() - start) * 1e3 >= s.warmup_ms:
-            break
-    samples: list[float] = []
-    start = time.perf_counter()
-    while True:
-        setup and setup()
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1e3)
-        if _done(samples, sum(samples), (time.perf_counter() - start) * 1e3, s):
-            return Timing(samples, "perf_counter")
 
 
 class _L2Flush:
@@ -82,43 +75,88 @@ class _L2Flush:
         self.buffer.zero_()
 
 
-def time_cuda(fn: Callable[[], object], s: TimingSettings, setup: Callable[[], None] | None = None) -> Timing:
-    """CUDA events around each call; the setup (and the L2 flush) runs between calls, outside the events."""
-    flush = _L2Flush(torch.device("cuda", torch.cuda.current_device())) if s.l2_flush else None
-    timer, note, call = "cuda_event", None, fn
-    if s.cuda_graph:
-        try:
-            call, timer = _capture(fn), "cuda_graph"
-        except Exception as exc:  # e.g. a host sync inside the implementation makes it uncapturable
-            torch.cuda.synchronize()
-            note = f"cuda_graph unavailable, timed eagerly: {type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
+def time_rows(rows: dict[str, Timed], device: torch.device, s: TimingSettings) -> dict[str, Timing]:
+    """Times every row of a point round-robin: each round runs one repetition of every row still sampling.
 
+    A machine whose speed drifts (a shared CPU, a GPU changing clocks) then slows every row alike, so the
+    ratios between rows stay honest. Each row keeps its own warm-up, stopping rule and budget. CPU:
+    perf_counter around each call. CUDA: a pair of events around each call, the setup and the L2 flush
+    between calls outside them, one synchronise per round.
+    """
+    cuda = device.type == "cuda"
+    flush = _L2Flush(device) if cuda and s.l2_flush else None
+    timings: dict[str, Timing] = {}
+    calls: dict[str, tuple[Callable[[], object], Callable[[], None]]] = {}
+    for name, row in rows.items():
+        timing = timings[name] = Timing([], "cuda_event" if cuda else "perf_counter")
+        try:
+            call = row.fn
+            if cuda and s.cuda_graph and row.graph_ok:
+                try:
+                    call, timing.timer = _capture(row.fn), "cuda_graph"
+                except Exception as exc:  # e.g. a host sync inside the implementation makes it uncapturable
+                    torch.cuda.synchronize()
+                    first = str(exc).splitlines()[0][:160] if str(exc) else ""
+                    timing.note = f"cuda_graph unavailable, timed eagerly: {type(exc).__name__}: {first}"
+            prepare = _prepare(row.setup, flush)
+            _warm_up(call, prepare, s.warmup_ms, cuda)
+            calls[name] = (call, prepare)
+        except Exception as exc:
+            timing.error = exc
+    spent_ms = dict.fromkeys(calls, 0.0)
+    active = list(calls)
+    while active:
+        events = {}
+        for name in active:
+            call, prepare = calls[name]
+            try:
+                start = time.perf_counter()
+                prepare()
+                if cuda:
+                    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    begin.record()
+                    call()
+                    end.record()
+                    events[name] = (begin, end)
+                else:
+                    t0 = time.perf_counter()
+                    call()
+                    t1 = time.perf_counter()
+                    timings[name].samples_ms.append((t1 - t0) * 1e3)
+                    spent_ms[name] += (t1 - start) * 1e3
+            except Exception as exc:
+                timings[name].error = exc
+        if cuda:
+            torch.cuda.synchronize()
+            for name, (begin, end) in events.items():
+                timings[name].samples_ms.append(begin.elapsed_time(end))
+                spent_ms[name] += timings[name].samples_ms[-1]
+        active = [
+            n
+            for n in active
+            if timings[n].error is None and not _done(timings[n].samples_ms, sum(timings[n].samples_ms), spent_ms[n], s)
+        ]
+    return timings
+
+
+def _prepare(setup: Callable[[], None] | None, flush: _L2Flush | None) -> Callable[[], None]:
     def prepare() -> None:
         setup and setup()
         flush and flush()
 
-    torch.cuda.synchronize()
+    return prepare
+
+
+def _warm_up(call: Callable[[], object], prepare: Callable[[], None], warmup_ms: float, cuda: bool) -> None:
+    """Untimed calls for `warmup_ms`, at least one."""
     start = time.perf_counter()
     while True:
         prepare()
         call()
-        torch.cuda.synchronize()
-        if (time.perf_counter() - start) * 1e3 >= s.warmup_ms:
-            break
-    samples: list[float] = []
-    start = time.perf_counter()
-    while True:
-        batch = min(CHECK_EVERY, s.max_reps - len(samples))
-        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(batch)]
-        for begin, end in events:
-            prepare()
-            begin.record()
-            call()
-            end.record()
-        torch.cuda.synchronize()
-        samples.extend(begin.elapsed_time(end) for begin, end in events)
-        if _done(samples, sum(samples), (time.perf_counter() - start) * 1e3, s):
-            return Timing(samples, timer, note)
+        if cuda:
+            torch.cuda.synchronize()
+        if (time.perf_counter() - start) * 1e3 >= warmup_ms:
+            return
 
 
 def _capture(fn: Callable[[], object]) -> Callable[[], None]:
@@ -137,6 +175,16 @@ def _capture(fn: Callable[[], object]) -> Callable[[], None]:
 def time_fn(
     fn: Callable[[], object], device: torch.device, s: TimingSettings, setup: Callable[[], None] | None = None
 ) -> Timing:
-    if device.type == "cuda":
-        return time_cuda(fn, s, setup)
-    return time_cpu(fn, s, setup)
+    """Times one call alone (the peaks, tests): `time_rows` with a single row; its error is raised."""
+    timing = time_rows({"row": Timed(fn, setup)}, device, s)["row"]
+    if timing.error is not None:
+        raise timing.error
+    return timing
+
+
+def time_cpu(fn: Callable[[], object], s: TimingSettings, setup: Callable[[], None] | None = None) -> Timing:
+    return time_fn(fn, torch.device("cpu"), s, setup)
+
+
+def time_cuda(fn: Callable[[], object], s: TimingSettings, setup: Callable[[], None] | None = None) -> Timing:
+    return time_fn(fn, torch.device("cuda", torch.cuda.current_device()), s, setup)

@@ -10,7 +10,7 @@ import torch
 from suites.memory import measure_cpu
 from suites.nvml import NVML
 from suites.stats import Stats, percentile
-from suites.timing import TimingSettings, time_cpu
+from suites.timing import Timed, TimingSettings, time_cpu, time_rows
 
 
 def test_stats_by_hand():
@@ -87,3 +87,30 @@ def test_nvml_energy_arithmetic_with_a_fake_counter(monkeypatch):
     assert result.joules_per_call == pytest.approx(0.050) and result.note is None
     frozen = nvml.measure_energy(lambda: None, min_ms=1)
     assert frozen.joules_per_call is None and "did not move" in frozen.note
+
+
+def test_rows_of_a_point_are_timed_round_robin_and_a_failing_row_stops_alone():
+    order = []
+
+    def row(name, seconds):
+        def call():
+            order.append(name)
+            time.sleep(seconds)
+
+        return Timed(call)
+
+    def broken():
+        order.append("broken")
+        if order.count("broken") > 3:  # fails part-way through its sampling
+            raise RuntimeError("kernel exploded")
+
+    settings = TimingSettings(budget_ms=100, min_time_ms=20, warmup_ms=0, min_reps=6, rel_iqr_target=0.5)
+    timings = time_rows(
+        {"fast": row("fast", 0.002), "slow": row("slow", 0.004), "broken": Timed(broken)},
+        torch.device("cpu"),
+        settings,
+    )
+    assert 2.0 <= timings["fast"].stats.median < timings["slow"].stats.median
+    assert isinstance(timings["broken"].error, RuntimeError) and timings["fast"].error is None
+    sampled = [n for n in order[3:] if n != "broken"]  # after each row's one warm-up call
+    assert sampled[:6] == ["fast", "slow"] * 3, "rows must alternate, not run one after the other"
