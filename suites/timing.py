@@ -76,7 +76,8 @@ class _L2Flush:
 
 
 def time_rows(rows: dict[str, Timed], device: torch.device, s: TimingSettings) -> dict[str, Timing]:
-    """Times every row of a point round-robin: each round runs one repetition of every row still sampling.
+    """Times every row of a point round-robin: each round runs one repetition of every row still sampling,
+    starting one row later than the round before.
 
     A machine whose speed drifts (a shared CPU, a GPU changing clocks) then slows every row alike, so the
     ratios between rows stay honest. Each row keeps its own warm-up, stopping rule and budget. CPU:
@@ -104,10 +105,11 @@ def time_rows(rows: dict[str, Timed], device: torch.device, s: TimingSettings) -
         except Exception as exc:
             timing.error = exc
     spent_ms = dict.fromkeys(calls, 0.0)
-    active = list(calls)
+    active, round_ = list(calls), 0
     while active:
         events = {}
-        for name in active:
+        shift, round_ = round_ % len(active), round_ + 1  # rotate: no row always follows the same row (and its cache)
+        for name in active[shift:] + active[:shift]:
             call, prepare = calls[name]
             try:
                 start = time.perf_counter()
