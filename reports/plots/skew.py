@@ -59,11 +59,11 @@ def plot(group: Group, meta: dict, out_dir: Path) -> PlotFile | str:
             err_hi.append(tokens / (p10 / 1e3) - tput)
         ax.bar(x, med, width, yerr=[err_lo, err_hi], color=colour(impl, impls), label=impl, capsize=2)
     labels = [f"{r}\nmax/mean {skew[r]:.2f}" if np.isfinite(skew[r]) else r for r in routings]
-    ax.set_xticks(range(len(routings)), labels, fontsize=8)
+    ax.set_xticks(range(len(routings)), labels, fontsize=7, rotation=20, ha="right")
     ax.set_xlabel("routing (ordered by measured max/mean tokens per expert)")
     ax.set_ylabel("throughput (tokens/s)")
     ax.set_title(f"Throughput vs routing skew at T = {fmt_value(tokens)}\n{group.label}", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     caption = "Median tokens/s per routing, error bars p10-p90 of the raw samples. Dense baselines ignore routing."
     return save(fig, out_dir / f"{group.slug}_skew.png", "Throughput vs routing skew", caption)
