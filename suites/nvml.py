@@ -31,12 +31,7 @@ class NVML:
             import pynvml
 
             pynvml.nvmlInit()
-            bus_id = getattr(torch.cuda.get_device_properties(device), "pci_bus_id", None)
-            self.handle = (
-                pynvml.nvmlDeviceGetHandleByPciBusId(bus_id)
-                if bus_id
-                else pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
-            )
+            self.handle = _handle(pynvml, device)
             self._nvml, self.available = pynvml, True
         except Exception as exc:  # ImportError, NVMLError_LibraryNotFound, NVMLError_DriverNotLoaded, ...
             self.reason = f"NVML unavailable: {type(exc).__name__}: {exc}"
@@ -92,3 +87,20 @@ class NVML:
         if after is None or after <= before:
             return Energy(None, "energy counter did not move during the loop (too short)")
         return Energy((after - before) / 1e3 / calls, None)
+
+
+def _handle(pynvml, device: torch.device):
+    """The NVML handle of the GPU torch calls `device`, found by its PCI address.
+
+    torch and NVML number GPUs differently under CUDA_VISIBLE_DEVICES, so the index is only the fallback for a
+    torch that does not report the PCI address (its pci_* fields are integers; NVML wants "dddddddd:bb:dd.0").
+    """
+    props = torch.cuda.get_device_properties(device)
+    pci = [getattr(props, f"pci_{k}_id", None) for k in ("domain", "bus", "device")]
+    if all(isinstance(v, int) for v in pci):
+        domain, bus, dev = pci
+        try:
+            return pynvml.nvmlDeviceGetHandleByPciBusId(f"{domain:08x}:{bus:02x}:{dev:02x}.0")
+        except Exception:  # an NVML that cannot resolve it: fall back to the index
+            pass
+    return pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)

@@ -115,3 +115,17 @@ def test_rows_of_a_point_are_timed_round_robin_and_a_failing_row_stops_alone():
     rounds = [order[3 + 3 * r : 6 + 3 * r] for r in range(3)]  # after each row's one warm-up call
     assert all(sorted(r) == ["broken", "fast", "slow"] for r in rounds), "each round runs every row once"
     assert len({r[0] for r in rounds}) == 3, "each round starts with a different row"
+
+
+def test_nvml_finds_the_gpu_by_its_pci_address(monkeypatch):
+    # torch reports the PCI address as integers; NVML wants "domain:bus:device.0" in hex.
+    asked = []
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None,
+        nvmlDeviceGetHandleByPciBusId=lambda bus_id: asked.append(bus_id) or "by-pci",
+        nvmlDeviceGetHandleByIndex=lambda i: "by-index",
+    )
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    props = types.SimpleNamespace(pci_domain_id=0, pci_bus_id=0x19, pci_device_id=0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: props)
+    assert NVML(torch.device("cuda", 3)).handle == "by-pci" and asked == ["00000000:19:00.0"]
