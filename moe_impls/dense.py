@@ -18,6 +18,8 @@ from moe_impls.experts import expert_ffn
 class DenseFFN(nn.Module):
     """One FFN with the experts' activation and layout: `gate_up_proj` [2F, D] or `up_proj` [F, D]; `down_proj` [D, F]."""
 
+    capturable = True  # plain matmuls: a CUDA graph can replay it
+
     def __init__(
         self,
         d_model: int,

@@ -15,6 +15,10 @@ from moe_impls.routing import RoutingRecord
 
 @register("dense_all")
 class DenseAllMoE(MoELayer):
+    @property
+    def capturable(self) -> bool:
+        return self.routing_capturable
+
     def compute_experts(self, x_TD: torch.Tensor, routing: RoutingRecord) -> tuple[torch.Tensor, int]:
         experts = self.weights.experts
         h_ETH = torch.matmul(x_TD, experts.w_in_EHD.transpose(1, 2))

@@ -34,6 +34,22 @@ class MoELayer(nn.Module):
         y_TD, routing.computed_rows = self.compute_experts(x_TD, routing)
         return y_TD.to(hidden.dtype).view(hidden.shape), routing
 
+    @property
+    def routing_capturable(self) -> bool:
+        """The router reads nothing back to the host: no synthetic override (a host-side table is copied in) and,
+        for token choice, no capacity (its drops are a boolean mask of data-dependent size)."""
+        cfg = self.cfg
+        return cfg.synthetic is None and (cfg.capacity_factor is None or cfg.router == "expert_choice")
+
+    @property
+    def capturable(self) -> bool:
+        """Whether forward never reads a device value back to the host, so a CUDA graph can record and replay it.
+
+        False unless an implementation knows better: the timer then times it eagerly rather than risk a capture
+        that fails half-way.
+        """
+        return False
+
     def compute_experts(self, x_TD: torch.Tensor, routing: RoutingRecord) -> tuple[torch.Tensor, int]:
         """Return the combined expert output [T, D] (fp32 or the input dtype) and the rows the matmuls computed."""
         raise NotImplementedError

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from moe_impls.routing import RoutingRecord
+from moe_impls.routing import RoutingRecord, count_per_expert
 
 
 def cv_squared(values_E: torch.Tensor) -> torch.Tensor:
@@ -55,7 +55,7 @@ def switch_loss(routing: RoutingRecord, alpha: float = 0.01) -> torch.Tensor:
     """
     E = routing.num_experts
     chosen = routing.expert_idx_TK if routing.expert_idx_TK is not None else routing.expert_idx_N
-    f_E = torch.bincount(chosen.reshape(-1), minlength=E).float() / max(chosen.numel(), 1)
+    f_E = count_per_expert(chosen, E).float() / max(chosen.numel(), 1)
     P_E = routing.probs_TE.mean(0)
     return alpha * E * (f_E * P_E).sum()
 

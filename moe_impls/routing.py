@@ -61,10 +61,17 @@ def topk_priority_keep(expert_idx_TK: torch.Tensor, num_experts: int, capacity: 
     return (position_in_expert(choice_major_N, num_experts) < capacity).view(K, T).t()
 
 
+def count_per_expert(expert_idx_N: torch.Tensor, num_experts: int) -> torch.Tensor:
+    """int64 [E]: assignments per expert. A scatter-add, not bincount: bincount reads its input's maximum back to
+    the host on CUDA, which would stall every call and make the layer impossible to capture in a CUDA graph."""
+    counts_E = torch.zeros(num_experts, dtype=torch.long, device=expert_idx_N.device)
+    return counts_E.scatter_add_(0, expert_idx_N.reshape(-1), torch.ones_like(expert_idx_N.reshape(-1)))
+
+
 def position_in_expert(expert_idx_N: torch.Tensor, num_experts: int) -> torch.Tensor:
     """int64 [N]: how many earlier assignments (in N order) went to the same expert; its slot in that expert."""
     order_N = torch.sort(expert_idx_N, stable=True).indices
-    counts_E = torch.bincount(expert_idx_N, minlength=num_experts)
+    counts_E = count_per_expert(expert_idx_N, num_experts)
     starts_E = torch.cumsum(counts_E, 0) - counts_E
     position_N = torch.empty_like(expert_idx_N)
     position_N[order_N] = (
@@ -179,7 +186,7 @@ class Router:
             token_idx_N=token_idx_N,
             expert_idx_N=expert_idx_N,
             weight_N=weight_N,
-            tokens_per_expert_E=torch.bincount(expert_idx_N, minlength=E),
+            tokens_per_expert_E=count_per_expert(expert_idx_N, E),
             num_dropped=num_dropped,
             logits_TE=logits_TE,
             probs_TE=probs_TE,

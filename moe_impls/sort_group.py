@@ -30,6 +30,13 @@ def grouped_mm_supported(x_NI: torch.Tensor, w_EOI: torch.Tensor) -> bool:
 
 @register("sort_group")
 class SortGroupMoE(MoELayer):
+    @property
+    def capturable(self) -> bool:
+        """Both grouped GEMMs run in torch's kernel (the fallback splits on host-side counts) and routing is sync-free."""
+        w = self.weights.experts
+        kernel = grouped_mm_supported(w.w_in_EHD[0], w.w_in_EHD) and grouped_mm_supported(w.w_out_EDF[0], w.w_out_EDF)
+        return self.routing_capturable and kernel
+
     def compute_experts(self, x_TD: torch.Tensor, routing: RoutingRecord) -> tuple[torch.Tensor, int]:
         experts = self.weights.experts
         with torch.no_grad():

@@ -311,7 +311,7 @@ class Runner:
     ) -> Pending:
         """The row's timed call, and how its timing becomes the row's figures (energy is measured then, alone)."""
         call, setup = timed_call(module, x, grad_out, point.mode)
-        timed = Timed(call, setup, graph_ok=point.mode == "forward")
+        timed = Timed(call, setup, graph_ok=point.mode == "forward" and bool(getattr(module, "capturable", False)))
         return Pending(
             timed,
             lambda timing: {**check, **self._figures(timing, call, x, point, flops, touched, weight_bytes, memory)},

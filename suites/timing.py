@@ -92,6 +92,8 @@ def time_rows(rows: dict[str, Timed], device: torch.device, s: TimingSettings) -
         timing = timings[name] = Timing([], "cuda_event" if cuda else "perf_counter")
         try:
             call = row.fn
+            if cuda and s.cuda_graph and not row.graph_ok:
+                timing.note = "timed eagerly: not CUDA-graph capturable (train mode, or host reads in forward)"
             if cuda and s.cuda_graph and row.graph_ok:
                 try:
                     call, timing.timer = _capture(row.fn), "cuda_graph"

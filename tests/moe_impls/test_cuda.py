@@ -23,3 +23,30 @@ def test_every_impl_matches_reference_on_cuda(dtype, tokens):
         torch.testing.assert_close(y, ref, **tol, msg=lambda m, n=name: f"{n}: {m}")
     if dtype == torch.bfloat16:
         assert grouped_mm_supported(x, weights.experts.w_in_EHD)
+
+
+@pytest.mark.parametrize("name", ["sort_group", "dense_all"])
+def test_capturable_layers_never_sync_and_replay_in_a_cuda_graph(name):
+    cfg = MoEConfig(d_model=256, d_ff=512, num_experts=8, top_k=2)
+    weights = MoEWeights(cfg, device="cuda", dtype=torch.bfloat16)
+    layer = moe_impls.get(name)(weights)
+    assert layer.capturable
+    x = torch.randn(64, 256, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        expected, _ = layer(x)
+        torch.cuda.set_sync_debug_mode("error")  # any host read inside forward raises
+        try:
+            layer(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            layer(x)
+        torch.cuda.current_stream().wait_stream(stream)
+        with torch.cuda.graph(graph):
+            out, _ = layer(x)
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, expected)

@@ -99,3 +99,15 @@ def test_one_expert_equals_dense_ffn():
     x = torch.randn(10, 16)
     for name in moe_impls.names():
         torch.testing.assert_close(moe_impls.get(name)(weights)(x)[0], dense(x))
+
+
+def test_capturable_only_where_forward_never_reads_back_to_the_host():
+    base = dict(d_model=16, d_ff=32, num_experts=4, top_k=2)
+    plain = MoEWeights(MoEConfig(**base))
+    assert moe_impls.get("sort_group")(plain).capturable and moe_impls.get("dense_all")(plain).capturable
+    assert not moe_impls.get("loop")(plain).capturable and not moe_impls.get("padded")(plain).capturable
+    for extra in (dict(capacity_factor=1.0), dict(synthetic=moe_impls.SyntheticRouting("zipf"))):
+        weights = MoEWeights(MoEConfig(**base, **extra))
+        assert not moe_impls.get("sort_group")(weights).capturable, extra
+    unaligned = MoEWeights(MoEConfig(d_model=15, d_ff=32, num_experts=4, top_k=2))  # falls back to split-by-counts
+    assert not moe_impls.get("sort_group")(unaligned).capturable
