@@ -29,6 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from moe_impls.config import MoEConfig
+from suites.flops import ffn_flops_per_row
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,7 @@ class ExpertShape:
     @property
     def flops_per_token(self) -> float:
         """2*K*D*(H + F): the multiply-adds of the k expert FFNs one token runs (H = 2F SwiGLU, F GELU)."""
-        h = 2 * self.d_ff if self.activation == "swiglu" else self.d_ff
-        return 2.0 * self.top_k * self.d_model * (h + self.d_ff)
+        return float(self.top_k * ffn_flops_per_row(self.d_model, self.d_ff, self.activation))
 
 
 def ep_cost(shape: ExpertShape, tokens_per_rank: int, world_size: int, cluster: Cluster, flops_per_s: float) -> EPCost:

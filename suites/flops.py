@@ -14,8 +14,14 @@ from moe_impls import MoEConfig
 TRAIN_FACTOR = 3
 
 
+def ffn_flops_per_row(d_model: int, d_ff: int, activation: str) -> int:
+    """One token through one FFN (an expert or a dense layer): 2 D H for the first projection + 2 F D for the down."""
+    width = 2 * d_ff if activation == "swiglu" else d_ff
+    return 2 * d_model * width + 2 * d_ff * d_model
+
+
 def expert_flops_per_assignment(cfg: MoEConfig) -> int:
-    return 2 * cfg.d_model * cfg.expert_in_features + 2 * cfg.d_ff * cfg.d_model
+    return ffn_flops_per_row(cfg.d_model, cfg.d_ff, cfg.activation)
 
 
 def moe_flops(cfg: MoEConfig, tokens: int, assignments: int, mode: str) -> int:
@@ -25,9 +31,7 @@ def moe_flops(cfg: MoEConfig, tokens: int, assignments: int, mode: str) -> int:
 
 
 def dense_flops(d_model: int, d_ff: int, activation: str, tokens: int, mode: str) -> int:
-    width = 2 * d_ff if activation == "swiglu" else d_ff
-    total = tokens * (2 * d_model * width + 2 * d_ff * d_model)
-    return total * (TRAIN_FACTOR if mode == "train" else 1)
+    return tokens * ffn_flops_per_row(d_model, d_ff, activation) * (TRAIN_FACTOR if mode == "train" else 1)
 
 
 def min_bytes(weight_bytes_touched: int, tokens: int, d_model: int, element_size: int, mode: str) -> int:
