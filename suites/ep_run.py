@@ -45,7 +45,6 @@ from moe_impls.expert_parallel import STAGES
 from suites import ep_bench
 from suites import flops as F
 from suites.ep_costs import Cluster, ExpertShape, ep_cost, fit_link
-from suites.nvml import NVML
 from suites.results import RESULTS, ResultsWriter, read_run_meta, write_run_meta
 from suites.runner import RTOL, Runner, _now, environment, one_line
 from suites.spec import EP_IMPL, Point, Suite, SuiteError, check_world_size
@@ -244,7 +243,7 @@ def _write_meta(suite: Suite, device: torch.device, out: Path, backend: str) -> 
             "timing": dataclasses.asdict(suite.timing),
             "started": _now(),
             "finished": None,
-            **environment(device, NVML(device)),
+            **environment(device),
             "peaks": {},
         }
     launches = meta.setdefault("ep_launches", [])

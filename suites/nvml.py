@@ -59,6 +59,28 @@ class NVML:
                 out[key] = None
         return out
 
+    def clock_state(self) -> dict | None:
+        """Clock-event (throttle) reasons now, SM clock against its maximum, temperature and power; None without
+        NVML. A reason bit is set while the GPU runs below its requested clocks for that cause (nvbench's check).
+        """
+        if not self.available:
+            return None
+        n, h = self._nvml, self.handle
+        reads: dict[str, Callable[[], object]] = {
+            "reasons": lambda: n.nvmlDeviceGetCurrentClocksEventReasons(h),
+            "sm_clock_mhz": lambda: n.nvmlDeviceGetClockInfo(h, n.NVML_CLOCK_SM),
+            "sm_clock_max_mhz": lambda: n.nvmlDeviceGetMaxClockInfo(h, n.NVML_CLOCK_SM),
+            "temperature_c": lambda: n.nvmlDeviceGetTemperature(h, n.NVML_TEMPERATURE_GPU),
+            "power_w": lambda: n.nvmlDeviceGetPowerUsage(h) / 1e3,
+        }
+        out: dict = {}
+        for key, read in reads.items():
+            try:
+                out[key] = read()
+            except Exception:
+                out[key] = None
+        return out
+
     def energy_mj(self) -> int | None:
         if not self.available:
             return None

@@ -1,49 +1,33 @@
 """Runs a suite: at each point, every implementation over one shared set of weights and one input, each
-checked against the reference before it is timed, then every dense baseline. One row per implementation x
-point goes to disk as soon as it is measured.
+checked against the reference before it is timed, then every dense baseline (suites/point_runner.py, inside
+a worker process: suites/worker.py). One row per implementation x point goes to disk as soon as it arrives.
 """
 
 from __future__ import annotations
 
-import gc
+import json
 import platform
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import moe_impls
-from moe_impls import MoEWeights, RoutingRecord
-from suites import flops as F
-from suites.balance import balance_columns, experts_touched
-from suites.memory import available_bytes, measure_memory
 from suites.nvml import NVML
-from suites.peaks import measure_peaks
+from suites.point_runner import RTOL, check_call, one_line, timed_call
 from suites.results import ResultsWriter, read_run_meta, write_run_meta
 from suites.spec import Point, Suite
-from suites.timing import Timed, Timing, time_rows
+from suites.worker import InlineWorker, Worker, WorkerLost, WorkerSpec
 
-# max |impl - reference| allowed, relative to the reference's largest magnitude
-RTOL = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 5e-3}
-# dense_all materialises [E, T, H]; above this many bytes the reference is `loop` (tested equal to dense_all)
-DENSE_REFERENCE_MAX_BYTES = 1 << 30
-# a row whose predicted footprint exceeds this share of the free memory is skipped, never attempted
-MEMORY_HEADROOM = 0.8
+__all__ = ["RTOL", "Runner", "RunSummary", "check_call", "environment", "one_line", "resolve_device", "timed_call"]
 
-
-@dataclass(frozen=True)
-class Pending:
-    """A row whose output matched the reference, waiting to be timed with its point's other rows."""
-
-    timed: Timed
-    finish: Callable[[Timing], dict]
+FAILING = ("wrong", "error", "timeout")
 
 
 @dataclass
@@ -52,10 +36,18 @@ class RunSummary:
     statuses: Counter = field(default_factory=Counter)
     timed_s: float = 0.0
     wall_s: float = 0.0
+    planned: int = 0  # rows the suite asks for
+    written: int = 0  # of those, rows on disk (earlier sessions of a resumed run included)
+    worker_starts: int = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.written == self.planned
 
     @property
     def failed(self) -> bool:
-        return bool(self.statuses["wrong"] or self.statuses["error"])
+        """A run fails when a row is wrong, errored or timed out, or when any planned row is missing."""
+        return not self.complete or any(self.statuses[s] for s in FAILING)
 
 
 def resolve_device(requested: str | None) -> torch.device:
@@ -91,7 +83,8 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(device: torch.device, nvml: NVML) -> dict:
+def environment(device: torch.device, name: str | None = None) -> dict:
+    """Where the run happened; `name` is the device's as the worker saw it (so this process never opens CUDA)."""
     return {
         "git_commit": git_commit(),
         "torch_version": torch.__version__,
@@ -99,23 +92,18 @@ def environment(device: torch.device, nvml: NVML) -> dict:
         "python_version": platform.python_version(),
         "host": platform.node(),
         "device": device.type,
-        "device_name": device_name(device),
+        "device_name": name or device_name(device),
         "cpu_threads": torch.get_num_threads(),
-        "nvml": nvml.info(),
+        "nvml": NVML(device).info(),
         "argv": sys.argv,
     }
 
 
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
-
-
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
 class Runner:
+    """Runs a suite's points in order through a worker process (suites/worker.py) and writes each row as it
+    arrives. A run is complete only when every planned row is on disk; a worker that dies or stalls costs the
+    row in flight, never the rest of the sweep."""
+
     def __init__(
         self,
         suite: Suite,
@@ -124,53 +112,96 @@ class Runner:
         impls: list[str] | None = None,
         baselines: list[str] | None = None,
         progress: bool = True,
+        isolate: bool = True,
     ) -> None:
         self.suite, self.device, self.out_dir = suite, device, out_dir
         self.impls = list(suite.impls if impls is None else impls)
         self.baselines = list(suite.baselines if baselines is None else baselines)
-        self.progress = progress
-        self.nvml = NVML(device)
+        self.progress, self.isolate = progress, isolate
 
     # ---- the run ------------------------------------------------------------------------------------------
     def run(self) -> RunSummary:
         summary = RunSummary(self.out_dir)
         start = time.perf_counter()
         writer = ResultsWriter(self.out_dir)
-        meta = self._start_meta(resumed=bool(writer.done))
-        self.peaks = meta["peaks"]
-        write_run_meta(self.out_dir, meta)
-        rows_per_point = len(self.impls) + len(self.baselines)
-        bar = _progress(len(self.suite.points) * rows_per_point, enabled=self.progress)
+        names = self.impls + self.baselines
+        summary.planned = len(self.suite.points) * len(names)
+        spec = WorkerSpec(str(self.device), torch.get_num_threads(), self.suite.seed, self.suite.timing, self.suite.dtypes)
+        worker = (Worker if self.isolate else InlineWorker)(spec)
+        bar = _progress(summary.planned, enabled=self.progress)
+        meta: dict = {}
         try:
+            meta = self._start_meta(worker.start(), resumed=bool(writer.done))
+            write_run_meta(self.out_dir, meta)
             for point in self.suite.points:
-                todo = [n for n in self.impls + self.baselines if (point.point_id, n) not in writer.done]
-                bar.update(rows_per_point - len(todo))
+                todo = [n for n in names if (point.point_id, n) not in writer.done]
+                bar.update(len(names) - len(todo))
                 if not todo:
                     continue
-                for row in self._run_point(point, todo, bar):
+                bar.set_postfix_str(f"{point.shape} T={point.tokens} {point.dtype} {point.mode} {point.routing}")
+                for row in self._measure(worker, point, todo):
                     writer.write(row)
                     summary.statuses[row["status"]] += 1
                     summary.timed_s += sum(row.get("samples_ms") or []) / 1e3
                     bar.update(1)
+        except KeyboardInterrupt:
+            meta["interrupted"] = "SIGINT"
+            raise
         finally:
             bar.close()
+            worker.close()
             writer.close()
             summary.wall_s = time.perf_counter() - start
-            meta.update(
-                finished=_now(),
-                wall_s=meta.get("wall_s", 0) + summary.wall_s,
-                timed_fraction=summary.timed_s / summary.wall_s if summary.wall_s else None,
-                statuses=dict(summary.statuses),
-            )
-            write_run_meta(self.out_dir, meta)
+            summary.written = _count_rows(writer.done, self.suite.points, names)
+            summary.worker_starts = worker.starts
+            if meta:
+                meta.update(
+                    finished=_now() if summary.complete else None,
+                    complete=summary.complete,
+                    rows_planned=summary.planned,
+                    rows_written=summary.written,
+                    wall_s=meta.get("wall_s", 0) + summary.wall_s,
+                    timed_fraction=summary.timed_s / summary.wall_s if summary.wall_s else None,
+                    statuses=dict(_statuses(self.out_dir)),
+                    worker_starts=meta.get("worker_starts", 0) + worker.starts,
+                )
+                write_run_meta(self.out_dir, meta)
         return summary
 
-    def _start_meta(self, resumed: bool) -> dict:
+    def _measure(self, worker, point: Point, todo: list[str]) -> Iterator[dict]:
+        """The point's rows; when the worker is lost, the row in flight is blamed and the rest run again.
+
+        Lost in a row's check or in point setup: that row (all of them, for setup) gets the failure. Lost while
+        several rows were timed together: the culprit is unknown, so each of them is measured again alone, and
+        only a row that loses a worker on its own is blamed. Each retry has fewer rows, so this ends.
+        """
+        queue: list[tuple[list[str], str | None]] = [(todo, None)]
+        while queue:
+            names, note = queue.pop(0)
+            done: set[str] = set()
+            try:
+                for row in worker.run_point(point, names, note):
+                    done.add(row["impl"])
+                    yield row
+            except WorkerLost as lost:
+                left = [n for n in names if n not in done]
+                status = "timeout" if lost.timed_out else "error"
+                if lost.stage == "timing" and len(lost.rows) > 1:
+                    alone = "timed alone: a worker was lost while this point's rows were timed together"
+                    queue[:0] = [([n], alone) for n in left]
+                    continue
+                blamed = left if lost.stage in ("setup", "start") else [n for n in lost.rows if n in left]
+                for name in blamed:
+                    yield _failed_row(point, self.device, name, status, lost.reason, self.suite.timing.cache)
+                rest = [n for n in left if n not in blamed]
+                if rest:
+                    queue.insert(0, (rest, note))
+
+    def _start_meta(self, worker_info: dict, resumed: bool) -> dict:
         if resumed and (self.out_dir / "run.json").exists():
             meta = read_run_meta(self.out_dir)
             meta.setdefault("resumed_at", []).append(_now())
             return meta
-        dtypes = [getattr(torch, d) for d in self.suite.dtypes]
         return {
             "suite": self.suite.name,
             "suite_path": str(self.suite.path),
@@ -179,222 +210,41 @@ class Runner:
             "impls": self.impls,
             "baselines": self.baselines,
             "timing": asdict(self.suite.timing),
+            "isolation": "worker process" if self.isolate else "inline",
             "started": _now(),
             "finished": None,
-            **environment(self.device, self.nvml),
-            "peaks": measure_peaks(self.device, dtypes),
-        }
-
-    # ---- one point ------------------------------------------------------------------------------------------
-    def _run_point(self, point: Point, todo: list[str], bar) -> list[dict]:
-        cfg = point.moe_config()
-        dtype = getattr(torch, point.dtype)
-        base = {**point.columns(), "device": self.device.type, "world_size": 1}
-        gen = torch.Generator().manual_seed(self.suite.seed)
-        try:
-            x = torch.randn(point.tokens, point.d_model, generator=gen).to(self.device, dtype)
-            grad_out = torch.randn(point.tokens, point.d_model, generator=gen).to(self.device, dtype)
-            weights = MoEWeights(cfg, device=self.device, dtype=dtype, seed=self.suite.seed)
-            reference, ref_out, ref_grad, ref_routing = self._reference(weights, x, grad_out, point.mode)
-        except Exception as exc:
-            status = "oom" if is_oom(exc) else "error"
-            _release()
-            return [self._failed(base, name, status, f"point setup: {one_line(exc)}") for name in todo]
-        label = f"{point.shape} T={point.tokens} {point.dtype} {point.mode} {point.routing}"
-        rows, pending = [], {}
-        for name in todo:
-            bar.set_postfix_str(f"{label} {name} (check)")
-            family = "dense" if name in moe_impls.BASELINES else "moe"
-            row = {**base, "impl": name, "family": family, "reference": reference if family == "moe" else None}
-            row.update(compile_s=None, predicted_mem_bytes=None)
-            try:
-                if family == "moe":
-                    result = self._check_moe(name, weights, x, grad_out, point, ref_out, ref_grad, ref_routing)
-                else:
-                    result = self._check_dense(name, x, grad_out, point)
-                if isinstance(result, Pending):
-                    pending[name] = (row, result)
-                else:
-                    row.update(result)
-            except Exception as exc:
-                row.update(status="oom" if is_oom(exc) else "error", error=one_line(exc))
-                _release()
-            rows.append(row)
-        bar.set_postfix_str(f"{label}: timing {len(pending)} rows round-robin")
-        timings = time_rows({n: p.timed for n, (_, p) in pending.items()}, self.device, self.suite.timing)
-        for name, (row, p) in pending.items():
-            try:
-                if timings[name].error is not None:
-                    raise timings[name].error
-                row.update(p.finish(timings[name]))
-            except Exception as exc:
-                row.update(status="oom" if is_oom(exc) else "error", error=one_line(exc))
-                _release()
-        return rows
-
-    def _failed(self, base: dict, name: str, status: str, error: str) -> dict:
-        family = "dense" if name in moe_impls.BASELINES else "moe"
-        return {**base, "impl": name, "family": family, "status": status, "error": error}
-
-    def _reference(self, weights: MoEWeights, x, grad_out, mode: str):
-        cfg = weights.cfg
-        dense_bytes = cfg.num_experts * x.shape[0] * cfg.expert_in_features * x.element_size()
-        name = moe_impls.REFERENCE if dense_bytes <= DENSE_REFERENCE_MAX_BYTES else "loop"
-        out, grad, routing = check_call(moe_impls.get(name)(weights), x, grad_out, mode)
-        return name, out, grad, routing
-
-    # ---- measuring one row ----------------------------------------------------------------------------------
-    def _check_moe(
-        self, name, weights: MoEWeights, x, grad_out, point: Point, ref_out, ref_grad, ref_routing
-    ) -> dict | Pending:
-        """A finished row (skipped, wrong) or, once the output matched the reference, a row waiting for its timing."""
-        impl = moe_impls.resolve(name)  # built-ins, peers, <impl>+compile and plug-ins alike
-        predicted = impl.predicted_bytes(weights.cfg, point.tokens, x.dtype, point.mode)
-        skip = self._skip_reason(impl, weights.cfg, predicted)
-        if skip:
-            return {"status": "skipped", "error": skip, "predicted_mem_bytes": predicted}
-        layer = impl(weights)
-        compile_s = None
-        if impl.compiled:  # the first call compiles; it is timed on its own, outside every measurement
-            start = time.perf_counter()
-            check_call(layer, x, grad_out, point.mode)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            compile_s = time.perf_counter() - start
-        (out, grad, routing), memory = measure_memory(lambda: check_call(layer, x, grad_out, point.mode), self.device)
-        extra = {"compile_s": compile_s, "predicted_mem_bytes": predicted}
-        if not isinstance(out, torch.Tensor) or out.shape != ref_out.shape:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            return {**extra, "status": "wrong", "error": f"output {got}, expected {tuple(ref_out.shape)} (the input's)"}
-        if point.mode == "train" and grad is None:
-            return {**extra, "status": "wrong", "error": "no gradient reached the input in train mode"}
-        if routing is None:  # a plug-in that returns no routing record: its balance is the reference's routing
-            routing = replace(ref_routing, computed_rows=None)
-        scale = max(float(ref_out.abs().max()) if ref_out.numel() else 0.0, 1e-6)
-        tolerance = RTOL[point.dtype] * scale
-        err = float((out.float() - ref_out.float()).abs().max()) if out.numel() else 0.0
-        if grad is not None:
-            grad_scale = max(float(ref_grad.abs().max()), 1e-6)
-            err = max(err, float((grad.float() - ref_grad.float()).abs().max()) * scale / grad_scale)
-        check = {**extra, "max_abs_err": err, "tolerance": tolerance, **balance_columns(routing)}
-        if not err <= tolerance:
-            return {**check, "status": "wrong", "error": f"max |out - reference| = {err:.3g} > {tolerance:.3g}"}
-        cfg = weights.cfg
-        per_expert = weights.expert_bytes() // cfg.num_experts
-        touched = experts_touched(routing) * per_expert + weights.router.weight.numel() * x.element_size()
-        flops = F.moe_flops(cfg, point.tokens, routing.token_idx_N.numel(), point.mode)
-        return self._pending(layer, x, grad_out, point, flops, touched, weights.nbytes(), memory, check)
-
-    def _skip_reason(self, impl: moe_impls.Impl, cfg: moe_impls.MoEConfig, predicted: int | None) -> str | None:
-        """Why the row is not attempted: the implementation cannot express `cfg`, or it cannot fit in memory."""
-        why = impl.unsupported(cfg)
-        if why or predicted is None:
-            return why
-        free = available_bytes(self.device)
-        if free is not None and predicted > MEMORY_HEADROOM * free:
-            return (
-                f"predicted {predicted / 1e9:.3g} GB per call > {MEMORY_HEADROOM:.0%} of the "
-                f"{free / 1e9:.3g} GB available on {self.device.type}"
-            )
-        return None
-
-    def _check_dense(self, name, x, grad_out, point: Point) -> Pending:
-        cfg = point.moe_config()
-        dense = moe_impls.BASELINES[name](cfg, device=self.device, dtype=x.dtype, seed=self.suite.seed)
-        weight_bytes = sum(p.numel() * p.element_size() for p in dense.parameters())
-        flops = F.dense_flops(cfg.d_model, dense.d_ff, cfg.activation, point.tokens, point.mode)
-        _, memory = measure_memory(lambda: check_call(dense, x, grad_out, point.mode), self.device)
-        return self._pending(dense, x, grad_out, point, flops, weight_bytes, weight_bytes, memory, {})
-
-    def _pending(
-        self, module, x, grad_out, point: Point, flops: int, touched: int, weight_bytes: int, memory, check: dict
-    ) -> Pending:
-        """The row's timed call, and how its timing becomes the row's figures (energy is measured then, alone)."""
-        call, setup = timed_call(module, x, grad_out, point.mode)
-        timed = Timed(call, setup, graph_ok=point.mode == "forward" and bool(getattr(module, "capturable", False)))
-        return Pending(
-            timed,
-            lambda timing: {**check, **self._figures(timing, call, x, point, flops, touched, weight_bytes, memory)},
-        )
-
-    def _figures(self, timing: Timing, call, x, point: Point, flops, touched, weight_bytes, memory) -> dict:
-        """Statistics and derived figures of a timed row; `memory` was measured on its first (checked) call."""
-        stats = timing.stats
-        energy_ms = self.suite.timing.energy_ms
-        energy = self.nvml.measure_energy(call, energy_ms) if self.device.type == "cuda" else None
-        seconds = stats.median * 1e-3
-        peak_tflops = self.peaks["matmul_tflops"].get(point.dtype)
-        bytes_min = F.min_bytes(touched, point.tokens, point.d_model, x.element_size(), point.mode)
-        bound_s = max(flops / (peak_tflops * 1e12), bytes_min / (self.peaks["bandwidth_gbs"] * 1e9))
-        input_bytes = x.numel() * x.element_size()
-        return {
-            "status": "ok",
-            "error": None,
-            "timer": timing.timer,
-            "timer_note": timing.note,
-            "samples_ms": timing.samples_ms,
-            **stats.columns(),
-            "tokens_per_s": point.tokens / seconds,
-            "flops": flops,
-            "tflops": flops / seconds / 1e12,
-            "peak_fraction": flops / seconds / 1e12 / peak_tflops if peak_tflops else None,
-            "bytes_min": bytes_min,
-            "arith_intensity": flops / bytes_min,
-            "bound_ms": bound_s * 1e3,
-            "mem_kind": memory.kind,
-            "peak_mem_bytes": weight_bytes + input_bytes + memory.call_peak_bytes,
-            "reserved_mem_bytes": memory.reserved_bytes,
-            "weight_bytes": weight_bytes,
-            "activation_bytes": memory.call_peak_bytes,
-            "energy_j": energy.joules_per_call if energy else None,
-            "joules_per_token": energy.joules_per_call / point.tokens if energy and energy.joules_per_call else None,
-            "energy_note": energy.note if energy else "no NVML on CPU",
+            **environment(self.device, worker_info["device_name"]),
+            "peaks": worker_info["peaks"],
+            "canary_ms": worker_info["canary_ms"],
+            "llc_bytes": worker_info["llc_bytes"],
+            "llc_source": worker_info["llc_source"],
         }
 
 
-def check_call(layer: nn.Module, x, grad_out, mode: str):
-    """One call outside any timing: the output, the input gradient in train mode, and the routing record."""
-    if mode == "forward":
-        with torch.no_grad():
-            out, routing = _split(layer(x))
-        return out, None, routing
-    x = x.detach().requires_grad_()
-    out, routing = _split(layer(x))
-    out.backward(grad_out)
-    layer.zero_grad(set_to_none=True)
-    return out.detach(), x.grad, routing
+def _failed_row(point: Point, device: torch.device, name: str, status: str, error: str, cache: str) -> dict:
+    family = "dense" if name in moe_impls.BASELINES else "moe"
+    base = {**point.columns(), "device": device.type, "world_size": 1, "cache": cache}
+    return {**base, "impl": name, "family": family, "status": status, "error": error}
 
 
-def _split(result) -> tuple[torch.Tensor, RoutingRecord | None]:
-    return result if isinstance(result, tuple) else (result, None)
+def _count_rows(done: set[tuple[str, str]], points, names: list[str]) -> int:
+    planned = {(p.point_id, n) for p in points for n in names}
+    return len(planned & done)
 
 
-def timed_call(module: nn.Module, x, grad_out, mode: str) -> tuple[Callable[[], object], Callable[[], None]]:
-    """The call that is timed, and the setup run before each call outside the timed region."""
-    if mode == "forward":
-
-        def forward():
-            with torch.no_grad():
-                return module(x)
-
-        return forward, lambda: None
-    x_req = x.detach().requires_grad_()
-
-    def train_step():
-        out, _ = _split(module(x_req))
-        out.backward(grad_out)
-
-    def clear_grads():
-        module.zero_grad(set_to_none=True)
-        x_req.grad = None
-
-    return train_step, clear_grads
-
-
-def _release() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+def _statuses(out_dir: Path) -> Counter:
+    """Statuses of every row on disk, those of earlier sessions of a resumed run included."""
+    counts: Counter = Counter()
+    path = out_dir / "results.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and "status" in row:
+                counts[row["status"]] += 1
+    return counts
 
 
 def _now() -> str:

@@ -2,15 +2,26 @@
 IQR is small enough (after a minimum time) or the budget runs out. Every sample is kept.
 
 The rows of one point are timed round-robin (`time_rows`), so drift in the machine's speed cannot favour
-the row that happened to run first. CPU: perf_counter around each call. CUDA: CUDA events around each
-call, L2 flushed before each repetition outside the timed region, one synchronise per round; optionally a
-CUDA graph replayed instead of the eager calls, which removes launch overhead.
+the row that happened to run first. Each round runs a block of calls of one row, then the next row's block:
+the first call of a block is untimed, so no timed call pays for the idle thread pool or the cache footprint
+its neighbour left. The cache state of the timed calls is a setting, `cache`:
+
+- cold: every call finds its weights and input out of cache, as a model whose weights do not fit in cache
+  does. On CUDA a buffer twice the L2 size is zeroed before each call. On CPU a flush as large as the
+  last-level cache would cost more than the call, so the row rotates over copies of its weights and input
+  (the runner builds them, `Timed.calls`); rows that share copies share one rotation (`Timed.pool`).
+- warm: every call of a block runs on the same weights, back to back, as `torch.utils.benchmark`'s
+  `blocked_autorange` does: the data stays in cache as far as it fits.
+
+CPU: perf_counter around each call. CUDA: CUDA events around each call, one synchronise per round;
+optionally a CUDA graph replayed instead of the eager calls, which removes launch overhead.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -18,19 +29,54 @@ import torch
 from suites.stats import Stats
 
 CHECK_EVERY = 5  # samples between stopping-rule checks: sorting is cheap, but not free at microsecond calls
+MAX_BLOCK = 64  # calls per block at most, so a microsecond row still hands over to its neighbours often
+CACHE_STATES = ("cold", "warm")
 
 
 @dataclass(frozen=True)
 class TimingSettings:
-    budget_ms: float = field(default=400.0, metadata={"help": "most wall time spent timing one row"})
+    budget_ms: float = field(default=400.0, metadata={"help": "most wall time spent timing one row (<= 600000)"})
     min_time_ms: float = field(default=40.0, metadata={"help": "keep sampling at least this long"})
     warmup_ms: float = field(default=20.0, metadata={"help": "untimed calls first, at least one"})
-    min_reps: int = field(default=5, metadata={"help": "fewest samples kept"})
-    max_reps: int = field(default=2000, metadata={"help": "most samples kept"})
+    min_reps: int = field(default=5, metadata={"help": "fewest samples kept (<= max_reps)"})
+    max_reps: int = field(default=2000, metadata={"help": "most samples kept (<= 100000)"})
     rel_iqr_target: float = field(default=0.05, metadata={"help": "stop once IQR / median is below this"})
-    l2_flush: bool = field(default=True, metadata={"help": "CUDA: zero a buffer twice the L2 size before each call"})
+    cache: str = field(
+        default="cold",
+        metadata={"help": "cold: weights and input out of cache at every call (CPU: rotating copies; CUDA: L2 "
+                  "flush); warm: calls back to back on the same data"},
+    )
+    cold_max_mb: float = field(
+        default=4096.0, metadata={"help": "CPU, cold: most MB of weight and input copies one point may build"}
+    )
+    block_ms: float = field(
+        default=5.0, metadata={"help": "timed calls of one row per round fill about this long (1 to 64 calls)"}
+    )
+    l2_flush: bool = field(default=True, metadata={"help": "CUDA, cold: zero a buffer twice the L2 before each call"})
     cuda_graph: bool = field(default=False, metadata={"help": "CUDA, forward mode: replay a captured graph"})
     energy_ms: float = field(default=500.0, metadata={"help": "CUDA with NVML: length of the energy loop; 0 = off"})
+    retimes: int = field(default=2, metadata={"help": "times a disturbed point is timed again before it is flagged"})
+    retime_pause_s: float = field(default=2.0, metadata={"help": "pause before timing a disturbed point again"})
+    disturb_cpu_pressure: float = field(
+        default=0.1,
+        metadata={"help": "disturbed when runnable tasks waited for a CPU (/proc/pressure/cpu some) more than "
+                  "this fraction of the timing window"},
+    )
+    disturb_steal: float = field(default=0.05, metadata={"help": "disturbed past this fraction of steal time"})
+    disturb_ctx_switches_per_s: float = field(
+        default=500.0, metadata={"help": "disturbed past this many involuntary context switches per second"}
+    )
+    disturb_canary_drift: float = field(
+        default=0.15, metadata={"help": "disturbed when the canary's median moved more than this from its start"}
+    )
+    disturb_canary_rel_iqr: float = field(
+        default=0.25, metadata={"help": "disturbed when the canary's IQR / median exceeds this"}
+    )
+    timeout_s: float = field(
+        default=300.0,
+        metadata={"help": "most seconds a point's setup or one row's check may take, and a row's share of timing "
+                  "beyond its budget; past it the row is recorded as `timeout` and the sweep goes on"},
+    )
 
 
 @dataclass
@@ -38,7 +84,7 @@ class Timing:
     samples_ms: list[float]
     timer: str
     note: str | None = None
-    error: BaseException | None = None  # raised by the row's call while it was being timed
+    error: BaseException | None = None  # raised by the row's call while it was being timed (no traceback kept)
 
     @property
     def stats(self) -> Stats:
@@ -47,11 +93,21 @@ class Timing:
 
 @dataclass(frozen=True)
 class Timed:
-    """One row to time: the call, the untimed setup run before each call, and whether a CUDA graph may replace it."""
+    """One row to time.
 
-    fn: Callable[[], object]
-    setup: Callable[[], None] | None = None
+    calls: the row's call on each copy of its weights and input (one copy, or a rotation for cold CPU timing).
+    resets: run after each call of the same copy, outside the timed region (train mode drops the gradients, so
+        no row's gradients stay resident while its neighbours run).
+    pool: rows whose calls run on the same copies share one rotation, so the copy a row gets is one that no
+        row touched for the longest time.
+    watch: a row that measures the machine, not the implementations (see suites/steadiness.py).
+    """
+
+    calls: Sequence[Callable[[], object]]
+    resets: Sequence[Callable[[], None]] | None = None
+    pool: str = ""
     graph_ok: bool = True
+    watch: bool = False  # the canary: samples for as long as any other row does, and ends with the last of them
 
 
 def _done(samples: list[float], timed_ms: float, elapsed_ms: float, s: TimingSettings) -> bool:
@@ -59,7 +115,7 @@ def _done(samples: list[float], timed_ms: float, elapsed_ms: float, s: TimingSet
         return False
     if len(samples) >= s.max_reps or elapsed_ms >= s.budget_ms:
         return True
-    if timed_ms < s.min_time_ms or len(samples) % CHECK_EVERY:
+    if timed_ms < s.min_time_ms or len(samples) < CHECK_EVERY:
         return False
     return Stats.of(samples).rel_iqr <= s.rel_iqr_target
 
@@ -75,92 +131,135 @@ class _L2Flush:
         self.buffer.zero_()
 
 
+class _Row:
+    """A row being timed: which copy comes next (shared with its pool), its block size and what it spent."""
+
+    def __init__(self, timed: Timed, turn: itertools.count, timing: Timing) -> None:
+        self.timed, self.turn, self.timing = timed, turn, timing
+        self.calls: list[Callable[[], object]] = list(timed.calls)
+        self.block, self.spent_ms = 1, 0.0
+
+    def next_copy(self) -> int:
+        return next(self.turn) % len(self.calls)
+
+    def reset(self, copy: int) -> None:
+        if self.timed.resets:
+            self.timed.resets[copy]()
+
+
 def time_rows(rows: dict[str, Timed], device: torch.device, s: TimingSettings) -> dict[str, Timing]:
-    """Times every row of a point round-robin: each round runs one repetition of every row still sampling,
-    starting one row later than the round before.
+    """Times every row of a point round-robin: each round runs a block of every row still sampling, starting
+    one row later than the round before; the first call of each block is untimed.
 
     A machine whose speed drifts (a shared CPU, a GPU changing clocks) then slows every row alike, so the
-    ratios between rows stay honest. Each row keeps its own warm-up, stopping rule and budget. CPU:
-    perf_counter around each call. CUDA: a pair of events around each call, the setup and the L2 flush
-    between calls outside them, one synchronise per round.
+    ratios between rows stay honest. Each row keeps its own warm-up, stopping rule and budget.
     """
     cuda = device.type == "cuda"
-    flush = _L2Flush(device) if cuda and s.l2_flush else None
-    timings: dict[str, Timing] = {}
-    calls: dict[str, tuple[Callable[[], object], Callable[[], None]]] = {}
-    for name, row in rows.items():
-        timing = timings[name] = Timing([], "cuda_event" if cuda else "perf_counter")
+    flush = _L2Flush(device) if cuda and s.l2_flush and s.cache == "cold" else None
+    timings = {name: Timing([], "cuda_event" if cuda else "perf_counter") for name in rows}
+    turns: dict[str, itertools.count] = {}
+    active: dict[str, _Row] = {}
+    for name, timed in rows.items():
+        row = _Row(timed, turns.setdefault(timed.pool or name, itertools.count()), timings[name])
         try:
-            call = row.fn
-            if cuda and s.cuda_graph and not row.graph_ok:
-                timing.note = "timed eagerly: not CUDA-graph capturable (train mode, or host reads in forward)"
-            if cuda and s.cuda_graph and row.graph_ok:
-                try:
-                    call, timing.timer = _capture(row.fn), "cuda_graph"
-                except Exception as exc:  # e.g. a host sync inside the implementation makes it uncapturable
-                    torch.cuda.synchronize()
-                    first = str(exc).splitlines()[0][:160] if str(exc) else ""
-                    timing.note = f"cuda_graph unavailable, timed eagerly: {type(exc).__name__}: {first}"
-            prepare = _prepare(row.setup, flush)
-            _warm_up(call, prepare, s.warmup_ms, cuda)
-            calls[name] = (call, prepare)
+            if s.cache == "warm":
+                row.calls = row.calls[:1]
+            _maybe_capture(row, cuda, s)
+            row.block = _warm_up(row, flush, s, cuda)
+            active[name] = row
         except Exception as exc:
-            timing.error = exc
-    spent_ms = dict.fromkeys(calls, 0.0)
-    active, round_ = list(calls), 0
+            timings[name].error = exc.with_traceback(None)
+    round_ = 0
     while active:
-        events = {}
-        shift, round_ = round_ % len(active), round_ + 1  # rotate: no row always follows the same row (and its cache)
-        for name in active[shift:] + active[:shift]:
-            call, prepare = calls[name]
+        names = list(active)
+        shift, round_ = round_ % len(names), round_ + 1  # rotate: no row always follows the same row
+        pending = []
+        for name in names[shift:] + names[:shift]:
             try:
-                start = time.perf_counter()
-                prepare()
-                if cuda:
-                    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                    begin.record()
-                    call()
-                    end.record()
-                    events[name] = (begin, end)
-                else:
-                    t0 = time.perf_counter()
-                    call()
-                    t1 = time.perf_counter()
-                    timings[name].samples_ms.append((t1 - t0) * 1e3)
-                    spent_ms[name] += (t1 - start) * 1e3
+                pending.append((name, _run_block(active[name], flush, cuda)))
             except Exception as exc:
-                timings[name].error = exc
+                timings[name].error = exc.with_traceback(None)
         if cuda:
             torch.cuda.synchronize()
-            for name, (begin, end) in events.items():
-                timings[name].samples_ms.append(begin.elapsed_time(end))
-                spent_ms[name] += timings[name].samples_ms[-1]
-        active = [
-            n
-            for n in active
-            if timings[n].error is None and not _done(timings[n].samples_ms, sum(timings[n].samples_ms), spent_ms[n], s)
-        ]
+        for name, block in pending:
+            row = active[name]
+            if cuda:
+                block = [begin.elapsed_time(end) for begin, end in block]
+                row.spent_ms += sum(block)
+            row.timing.samples_ms.extend(block)
+        active = {
+            n: r
+            for n, r in active.items()
+            if r.timing.error is None
+            and (r.timed.watch or not _done(r.timing.samples_ms, sum(r.timing.samples_ms), r.spent_ms, s))
+        }
+        if all(r.timed.watch for r in active.values()):
+            break
     return timings
 
 
-def _prepare(setup: Callable[[], None] | None, flush: _L2Flush | None) -> Callable[[], None]:
-    def prepare() -> None:
-        setup and setup()
-        flush and flush()
+def _maybe_capture(row: _Row, cuda: bool, s: TimingSettings) -> None:
+    if not (cuda and s.cuda_graph):
+        return
+    if not row.timed.graph_ok:
+        row.timing.note = "timed eagerly: not CUDA-graph capturable (train mode, or host reads in forward)"
+        return
+    try:
+        row.calls = [_capture(row.calls[0])]
+        row.timing.timer = "cuda_graph"
+    except Exception as exc:  # e.g. a host sync inside the implementation makes it uncapturable
+        torch.cuda.synchronize()
+        first = str(exc).splitlines()[0][:160] if str(exc) else ""
+        row.timing.note = f"cuda_graph unavailable, timed eagerly: {type(exc).__name__}: {first}"
 
-    return prepare
+
+def _call(row: _Row, flush: _L2Flush | None) -> int:
+    copy = row.next_copy()
+    flush and flush()
+    row.calls[copy]()
+    return copy
 
 
-def _warm_up(call: Callable[[], object], prepare: Callable[[], None], warmup_ms: float, cuda: bool) -> None:
-    """Untimed calls for `warmup_ms`, at least one."""
+def _run_block(row: _Row, flush: _L2Flush | None, cuda: bool) -> list:
+    """One untimed call (the row re-enters: threads wake, its code path warms), then `row.block` timed calls.
+
+    CPU: the samples in ms. CUDA: (begin, end) event pairs, read after the round's synchronise.
+    """
     start = time.perf_counter()
+    row.reset(_call(row, flush))
+    out = []
+    for _ in range(row.block):
+        copy = row.next_copy()
+        flush and flush()
+        if cuda:
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            row.calls[copy]()
+            end.record()
+            out.append((begin, end))
+        else:
+            t0 = time.perf_counter()
+            row.calls[copy]()
+            out.append((time.perf_counter() - t0) * 1e3)
+        row.reset(copy)
+    if not cuda:
+        row.spent_ms += (time.perf_counter() - start) * 1e3
+    return out
+
+
+def _warm_up(row: _Row, flush: _L2Flush | None, s: TimingSettings, cuda: bool) -> int:
+    """Untimed calls for `warmup_ms`, at least two; returns the block size that fills about `block_ms`."""
+    start, times = time.perf_counter(), []
     while True:
-        prepare()
-        call()
+        t0 = time.perf_counter()
+        row.reset(_call(row, flush))
         if cuda:
             torch.cuda.synchronize()
-        if (time.perf_counter() - start) * 1e3 >= warmup_ms:
-            return
+        times.append(time.perf_counter() - t0)
+        if len(times) >= 2 and (time.perf_counter() - start) * 1e3 >= s.warmup_ms:
+            break
+    call_ms = min(times[1:]) * 1e3
+    return max(1, min(MAX_BLOCK, int(s.block_ms / max(call_ms, 1e-6))))
 
 
 def _capture(fn: Callable[[], object]) -> Callable[[], None]:
@@ -177,18 +276,18 @@ def _capture(fn: Callable[[], object]) -> Callable[[], None]:
 
 
 def time_fn(
-    fn: Callable[[], object], device: torch.device, s: TimingSettings, setup: Callable[[], None] | None = None
+    fn: Callable[[], object], device: torch.device, s: TimingSettings, reset: Callable[[], None] | None = None
 ) -> Timing:
     """Times one call alone (the peaks, tests): `time_rows` with a single row; its error is raised."""
-    timing = time_rows({"row": Timed(fn, setup)}, device, s)["row"]
+    timing = time_rows({"row": Timed([fn], [reset] if reset else None)}, device, s)["row"]
     if timing.error is not None:
         raise timing.error
     return timing
 
 
-def time_cpu(fn: Callable[[], object], s: TimingSettings, setup: Callable[[], None] | None = None) -> Timing:
-    return time_fn(fn, torch.device("cpu"), s, setup)
+def time_cpu(fn: Callable[[], object], s: TimingSettings, reset: Callable[[], None] | None = None) -> Timing:
+    return time_fn(fn, torch.device("cpu"), s, reset)
 
 
-def time_cuda(fn: Callable[[], object], s: TimingSettings, setup: Callable[[], None] | None = None) -> Timing:
-    return time_fn(fn, torch.device("cuda", torch.cuda.current_device()), s, setup)
+def time_cuda(fn: Callable[[], object], s: TimingSettings, reset: Callable[[], None] | None = None) -> Timing:
+    return time_fn(fn, torch.device("cuda", torch.cuda.current_device()), s, reset)

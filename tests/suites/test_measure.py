@@ -30,12 +30,12 @@ def test_cpu_timer_measures_a_sleep_of_known_length():
     assert stats.min >= 4.0 and 4.0 <= stats.median < 30.0  # a sleep never ends early; a loaded machine adds a little
 
 
-def test_cpu_timer_stops_on_budget_and_keeps_setup_out_of_the_samples():
+def test_cpu_timer_stops_on_budget_and_keeps_reset_out_of_the_samples():
     settings = TimingSettings(budget_ms=60, min_time_ms=1000, warmup_ms=0, min_reps=2, rel_iqr_target=0.0)
     start = time.perf_counter()
-    timing = time_cpu(lambda: time.sleep(0.001), settings, setup=lambda: time.sleep(0.01))
+    timing = time_cpu(lambda: time.sleep(0.001), settings, reset=lambda: time.sleep(0.01))
     assert time.perf_counter() - start < 1.0  # the budget, not min_time or a zero IQR target, ended it
-    assert max(timing.samples_ms) < 9.0, "setup's 10 ms sleep leaked into a sample"
+    assert max(timing.samples_ms) < 9.0, "the reset's 10 ms sleep leaked into a sample"
 
 
 def test_cpu_memory_sees_a_known_allocation():
@@ -97,24 +97,43 @@ def test_rows_of_a_point_are_timed_round_robin_and_a_failing_row_stops_alone():
             order.append(name)
             time.sleep(seconds)
 
-        return Timed(call)
+        return Timed([call])
 
     def broken():
         order.append("broken")
-        if order.count("broken") > 3:  # fails part-way through its sampling
+        if order.count("broken") > 5:  # two warm-up calls, then fails in its second round
             raise RuntimeError("kernel exploded")
 
-    settings = TimingSettings(budget_ms=100, min_time_ms=20, warmup_ms=0, min_reps=6, rel_iqr_target=0.5)
+    # block_ms this small: a block is one untimed re-entry call and one timed call
+    settings = TimingSettings(budget_ms=100, min_time_ms=20, warmup_ms=0, min_reps=6, rel_iqr_target=0.5, block_ms=1e-6)
     timings = time_rows(
-        {"fast": row("fast", 0.002), "slow": row("slow", 0.004), "broken": Timed(broken)},
+        {"fast": row("fast", 0.002), "slow": row("slow", 0.004), "broken": Timed([broken])},
         torch.device("cpu"),
         settings,
     )
     assert 2.0 <= timings["fast"].stats.median < timings["slow"].stats.median
     assert isinstance(timings["broken"].error, RuntimeError) and timings["fast"].error is None
-    rounds = [order[3 + 3 * r : 6 + 3 * r] for r in range(3)]  # after each row's one warm-up call
-    assert all(sorted(r) == ["broken", "fast", "slow"] for r in rounds), "each round runs every row once"
-    assert len({r[0] for r in rounds}) == 3, "each round starts with a different row"
+    assert len(timings["broken"].samples_ms) == 1, "the sample of its first round is kept"
+    rounds = [order[6 + 6 * r : 12 + 6 * r] for r in range(2)]  # after each row's two warm-up calls
+    for r in rounds:
+        assert [r[i] == r[i + 1] for i in (0, 2, 4)] == [True] * 3, "a row's calls of one round run as a block"
+        assert sorted(r[::2]) == ["broken", "fast", "slow"], "each round runs every row"
+    assert rounds[0][0] != rounds[1][0], "each round starts with a different row"
+    third = order[18:22]
+    assert sorted(third[::2]) == ["fast", "slow"], "the failed row dropped out; the others went on"
+
+
+def test_blocks_fill_block_ms_and_cold_rows_of_a_pool_rotate_over_its_copies():
+    used = []
+    calls = [lambda i=i: used.append(i) for i in range(4)]
+    settings = TimingSettings(budget_ms=50, min_time_ms=5, warmup_ms=1, min_reps=40, max_reps=40, block_ms=1.0)
+    timings = time_rows({"a": Timed(calls, pool="p"), "b": Timed(calls, pool="p")}, torch.device("cpu"), settings)
+    assert len(timings["a"].samples_ms) >= 40 and len(timings["b"].samples_ms) >= 40
+    assert all(used[i + 1] == (used[i] + 1) % 4 for i in range(len(used) - 1)), "one rotation over both rows"
+    warm = TimingSettings(**{**settings.__dict__, "cache": "warm"})
+    used.clear()
+    time_rows({"a": Timed(calls, pool="p")}, torch.device("cpu"), warm)
+    assert set(used) == {0}, "warm: every call on the first copy"
 
 
 def test_nvml_finds_the_gpu_by_its_pci_address(monkeypatch):

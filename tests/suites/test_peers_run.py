@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from suites import runner as runner_module
+from suites import point_runner
 from suites import spec
 from suites.cli import main
 from suites.runner import Runner
@@ -40,9 +40,10 @@ def test_peers_and_plugins_both_ways_are_checked_and_timed(tiny_suite, tmp_path,
 
 
 def test_batched_mm_that_cannot_fit_is_skipped_with_its_reason_and_the_sweep_goes_on(tiny_suite, tmp_path, monkeypatch):
-    monkeypatch.setattr(runner_module, "available_bytes", lambda device: 50_000)
+    monkeypatch.setattr(point_runner, "available_bytes", lambda device: 50_000)
     suite = spec.load(str(tiny_suite))
-    summary = Runner(suite, torch.device("cpu"), tmp_path, ["hf_batched_mm", "hf_grouped_mm"], [], progress=False).run()
+    impls = ["hf_batched_mm", "hf_grouped_mm"]
+    summary = Runner(suite, torch.device("cpu"), tmp_path, impls, [], progress=False, isolate=False).run()
     df = rows(tmp_path)
     skipped = df[df["impl"] == "hf_batched_mm"]
     assert set(skipped["status"]) == {"skipped"} and not summary.failed

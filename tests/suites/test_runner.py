@@ -10,8 +10,6 @@ import pytest
 import torch
 
 import moe_impls
-from moe_impls.registry import _IMPLS
-from moe_impls.sort_group import SortGroupMoE
 from suites import spec
 from suites.cli import main
 from suites.runner import Runner
@@ -42,18 +40,9 @@ def test_tiny_run_writes_one_complete_row_per_impl_and_point(tiny_suite, tmp_pat
     )
 
 
-class OffByOnePercent(SortGroupMoE):
-    def compute_experts(self, x_TD, routing):
-        y_TD, rows = super().compute_experts(x_TD, routing)
-        return y_TD * 1.01, rows
-
-
 @pytest.fixture
 def planted_wrong():
-    OffByOnePercent.name = "planted_wrong"
-    _IMPLS["planted_wrong"] = OffByOnePercent
-    yield "planted_wrong"
-    del _IMPLS["planted_wrong"]
+    return "tests.plugin_example.hostile:off_by_one"  # 1% off: found by name in the worker, as a user's would be
 
 
 def test_wrong_implementation_is_recorded_and_never_timed(tiny_suite, tmp_path, planted_wrong):
@@ -76,19 +65,11 @@ def test_cli_exit_code_is_nonzero_when_a_point_is_wrong(tiny_suite, tmp_path, pl
 
 
 def test_failure_in_one_impl_is_recorded_and_the_sweep_goes_on(tiny_suite, tmp_path):
-    class Broken(SortGroupMoE):
-        def compute_experts(self, x_TD, routing):
-            raise RuntimeError("kernel exploded\nsecond line")
-
-    Broken.name = "broken"
-    _IMPLS["broken"] = Broken
-    try:
-        suite = spec.load(str(tiny_suite))
-        Runner(suite, torch.device("cpu"), tmp_path, impls=["broken", "loop"], baselines=[], progress=False).run()
-    finally:
-        del _IMPLS["broken"]
+    suite = spec.load(str(tiny_suite))
+    broken_name = "tests.plugin_example.hostile:raises"
+    Runner(suite, torch.device("cpu"), tmp_path, impls=[broken_name, "loop"], baselines=[], progress=False).run()
     df = pd.read_json(tmp_path / "results.jsonl", lines=True)
-    broken = df[df["impl"] == "broken"]
+    broken = df[df["impl"] == broken_name]
     assert set(broken["status"]) == {"error"} and broken["error"].str.contains("kernel exploded").all()
     assert not broken["error"].str.contains("\n").any()
     assert set(df[df["impl"] == "loop"]["status"]) == {"ok"}

@@ -1,0 +1,210 @@
+"""The process boundary between the harness and the code it measures, as pyperf and asv draw it.
+
+Every row is checked and timed in a worker process; what it measured reaches the runner as data, one finished
+row at a time. The worker also says what it is doing (`stage`: point setup, a row's check, the round-robin
+timing of some rows) and how long that may take. So a `sys.exit()`, an `os._exit()`, a segfault or a hang in
+an implementation ends or stalls only the worker: the runner records the row in flight as `error` or
+`timeout`, starts a fresh worker and goes on. The worker keeps what outlives a point (peaks, the canary, the
+weights of the last shape), and owns the device: the runner never touches CUDA.
+
+Workers come from a fork server that has imported torch and the implementations once, so a fresh worker
+starts in a fraction of a second and with no thread pool inherited from a parent that has computed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+import signal
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from suites.spec import Point
+from suites.timing import TimingSettings
+
+STARTUP_S = 600.0  # a fresh worker measures the peaks and the canary before it answers
+PRELOAD = ["torch", "moe_impls", "suites.point_runner"]
+
+
+class WorkerLost(Exception):
+    """The worker ended or stopped answering during `stage` of `rows`; `reason` is one line."""
+
+    def __init__(self, stage: str, rows: list[str], reason: str, timed_out: bool) -> None:
+        super().__init__(reason)
+        self.stage, self.rows, self.reason, self.timed_out = stage, rows, reason, timed_out
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs to measure points like every other worker of the run (picklable)."""
+
+    device: str
+    threads: int
+    seed: int
+    timing: TimingSettings
+    dtypes: tuple[str, ...] = ("float32",)  # the peaks are measured in each
+    peaks: dict | None = None  # measured by the first worker, handed to its successors
+    canary_ms: float | None = None
+
+
+def _context() -> mp.context.BaseContext:
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        return ctx
+    return mp.get_context("spawn")
+
+
+def serve(conn, spec: WorkerSpec) -> None:
+    """The worker's loop: ('point', (point, todo, note)) -> ('stage', ...)*, ('row', row)*, ('done', None)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the runner's to handle; it ends this process
+    import torch
+
+    from suites.point_runner import PointRunner
+
+    torch.set_num_threads(spec.threads)
+    device = torch.device(spec.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # events, peak stats and NVML then act on the GPU asked for, not cuda:0
+
+    def report(stage: str, rows: list[str], limit_s: float) -> None:
+        conn.send(("stage", (stage, rows, limit_s)))
+
+    runner = PointRunner(device, spec.seed, spec.timing, spec.peaks, spec.canary_ms, spec.dtypes, report)
+    conn.send(("ready", runner.describe()))
+    while True:
+        try:
+            kind, payload = conn.recv()
+        except EOFError:
+            return
+        if kind == "stop":
+            return
+        point, todo, note = payload
+        for row in runner.run(point, todo, note):
+            conn.send(("row", row))
+        conn.send(("done", None))
+
+
+class Worker:
+    """The runner's handle on one worker process at a time; a lost worker is replaced on the next point."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        self.spec, self.proc, self.conn = spec, None, None
+        self.info: dict | None = None
+        self.starts = 0
+
+    def start(self) -> dict:
+        """Starts a worker if none is alive; returns what it measured at start (peaks, canary, LLC)."""
+        if self.proc is not None and self.proc.is_alive():
+            return self.info
+        ctx = _context()
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=serve, args=(child, self.spec), daemon=True, name="moe-bench-worker")
+        with _main_not_reimported():
+            self.proc.start()
+        child.close()
+        self.starts += 1
+        kind, info = self._receive("start", [], STARTUP_S)
+        if kind != "ready":
+            raise RuntimeError(f"worker: expected 'ready', got {kind!r}")
+        self.info = info
+        # successors reuse the first worker's peaks and canary, so every row of the run is on one footing
+        self.spec = replace(self.spec, peaks=info["peaks"], canary_ms=info["canary_ms"])
+        return info
+
+    def run_point(self, point: Point, todo: list[str], note: str | None) -> Iterator[dict]:
+        """Rows of `todo` as the worker finishes them; raises WorkerLost if it dies or stalls."""
+        self.start()
+        self.conn.send(("point", (point, todo, note)))
+        stage, rows, limit = "setup", list(todo), self.spec.timing.timeout_s
+        while True:
+            kind, payload = self._receive(stage, rows, limit)
+            if kind == "stage":
+                stage, rows, limit = payload
+            elif kind == "row":
+                yield payload
+            elif kind == "done":
+                return
+
+    def _receive(self, stage: str, rows: list[str], limit_s: float):
+        if not self.conn.poll(limit_s):
+            self.kill()
+            raise WorkerLost(stage, rows, f"timeout: no progress in {limit_s:.0f} s during {_what(stage, rows)}", True)
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):
+            pass
+        self.proc.join(5)
+        code = self.proc.exitcode
+        self.kill()
+        how = f"exit code {code}" if code is None or code >= 0 else f"signal {signal.Signals(-code).name}"
+        raise WorkerLost(stage, rows, f"the worker process ended ({how}) during {_what(stage, rows)}", False)
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            if self.proc.is_alive():
+                self.proc.kill()
+            self.proc.join()
+        if self.conn is not None:
+            self.conn.close()
+        self.proc = self.conn = None
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.is_alive():
+            try:
+                self.conn.send(("stop", None))
+                self.proc.join(10)
+            except (OSError, BrokenPipeError):
+                pass
+        self.kill()
+
+
+class InlineWorker:
+    """The same protocol in this process (`moe-bench run --inline`, a debugger's choice): nothing isolates the
+    run from the implementations, so an `exit()` in one ends it."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        import torch
+
+        from suites.point_runner import PointRunner
+
+        device = torch.device(spec.device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        self.runner = PointRunner(device, spec.seed, spec.timing, spec.peaks, spec.canary_ms, spec.dtypes)
+        self.starts = 1
+
+    def start(self) -> dict:
+        return self.runner.describe()
+
+    def run_point(self, point: Point, todo: list[str], note: str | None) -> Iterator[dict]:
+        return self.runner.run(point, todo, note)
+
+    def close(self) -> None: ...
+
+
+@contextlib.contextmanager
+def _main_not_reimported() -> Iterator[None]:
+    """A main module that is no file (`python -`, a notebook cell) cannot be re-imported by the worker, which
+    needs nothing from it (implementations are found by name); multiprocessing would try, and fail."""
+    main = sys.modules["__main__"]
+    path = getattr(main, "__file__", None)
+    if path is None or os.path.isfile(path):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
+def _what(stage: str, rows: list[str]) -> str:
+    if stage == "check":
+        return f"the check of {rows[0]}"
+    if stage == "timing":
+        return f"the round-robin timing of {', '.join(rows)}"
+    return {"start": "worker start-up (peaks, canary)", "setup": "point setup"}.get(stage, stage)
+
