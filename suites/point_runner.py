@@ -25,6 +25,7 @@ from moe_impls import MoEWeights, RoutingRecord
 from suites import flops as F
 from suites.balance import balance_columns, experts_touched
 from suites.cache import last_level_cache_bytes, plan_copies
+from suites.counters import count
 from suites.integrity import changed, fingerprint
 from suites.memory import available_bytes, measure_memory
 from suites.nvml import NVML
@@ -99,13 +100,7 @@ class PointRunner:
         self.device, self.seed, self.timing = device, seed, timing
         self.report = report or (lambda stage, rows, limit: None)
         self.nvml = NVML(device)
-        self.thresholds = Thresholds(
-            cpu_pressure_fraction=timing.disturb_cpu_pressure,
-            steal_fraction=timing.disturb_steal,
-            ctx_switches_per_s=timing.disturb_ctx_switches_per_s,
-            canary_drift=timing.disturb_canary_drift,
-            canary_rel_iqr=timing.disturb_canary_rel_iqr,
-        )
+        self.thresholds = Thresholds.of(timing)
         self.llc_bytes, self.llc_source = last_level_cache_bytes(device)
         self._weights: tuple[tuple, MoEWeights] | None = None  # the last point's weights, reused at equal shape
         self.peaks = peaks if peaks is not None else measure_peaks(device, [getattr(torch, d) for d in dtypes])
@@ -158,7 +153,7 @@ class PointRunner:
                 self._restore(weights, x, grad_out, point, dtype)
                 result = {"status": "error", "error": f"changed the shared {', '.join(dirty)} during its check"}
             if isinstance(result, Row):
-                result.columns = {**row, **result.columns}
+                result.columns = {**row, **result.columns, **self._counters(result.layers[0], x, grad_out, point)}
                 pending.append(result)
             else:
                 yield {**row, **result}
@@ -214,6 +209,7 @@ class PointRunner:
         s = self.timing
         rows = {r.name: r.timed for r in pending}
         rows[CANARY] = Timed(self._canary_fns, pool=CANARY, watch=True)
+        timed_from = time.time()
         for attempt in range(s.retimes + 1):
             gpu_before = self.nvml.clock_state()
             window = Window().start()
@@ -233,6 +229,8 @@ class PointRunner:
             "disturbance": reasons or None,
             "retimed": attempt,
             "timing_window_s": window.wall_s,
+            "timed_from": timed_from,
+            "timed_to": time.time(),
             **window.signals,
             **canary_cols,
             **gpu_cols,
@@ -428,6 +426,16 @@ class PointRunner:
         graph_ok = point.mode == "forward" and bool(getattr(dense, "capturable", False))
         return Row(name, {}, [dense], flops, weight_bytes, weight_bytes, memory, name, graph_ok)
 
+    def _counters(self, layer: nn.Module, x, grad_out, point: Point) -> dict:
+        """Exact counts of one untimed call (suites/counters.py): a gate with no noise, for CI without a GPU."""
+        call, reset = timed_call(layer, x, grad_out, point.mode)
+        try:
+            columns = count(call, reset).columns()
+        except ROW_FAILURES as exc:
+            return {"counters_note": f"not counted: {one_line(exc)}"}
+        reset()
+        return {**columns, "counters_note": None}
+
     # ---- figures --------------------------------------------------------------------------------------------
     def _figures(self, r: Row, timing: Timing, x, point: Point) -> dict:
         """Statistics and derived figures of a timed row; its memory was measured on its first (checked) call."""
@@ -555,4 +563,3 @@ def _release() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-

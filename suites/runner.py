@@ -39,6 +39,7 @@ class RunSummary:
     planned: int = 0  # rows the suite asks for
     written: int = 0  # of those, rows on disk (earlier sessions of a resumed run included)
     worker_starts: int = 0
+    disturbed: set[str] = field(default_factory=set)  # point ids whose timing the machine disturbed
 
     @property
     def complete(self) -> bool:
@@ -126,7 +127,9 @@ class Runner:
         writer = ResultsWriter(self.out_dir)
         names = self.impls + self.baselines
         summary.planned = len(self.suite.points) * len(names)
-        spec = WorkerSpec(str(self.device), torch.get_num_threads(), self.suite.seed, self.suite.timing, self.suite.dtypes)
+        spec = WorkerSpec(
+            str(self.device), torch.get_num_threads(), self.suite.seed, self.suite.timing, self.suite.dtypes
+        )
         worker = (Worker if self.isolate else InlineWorker)(spec)
         bar = _progress(summary.planned, enabled=self.progress)
         meta: dict = {}
@@ -142,6 +145,8 @@ class Runner:
                 for row in self._measure(worker, point, todo):
                     writer.write(row)
                     summary.statuses[row["status"]] += 1
+                    if row.get("disturbed"):
+                        summary.disturbed.add(row["point_id"])
                     summary.timed_s += sum(row.get("samples_ms") or []) / 1e3
                     bar.update(1)
         except KeyboardInterrupt:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from suites.stats import Stats
+from suites.timing import TimingSettings
 
 PRESSURE = Path("/proc/pressure/cpu")
 PROC_STAT = Path("/proc/stat")
@@ -37,6 +38,16 @@ class Thresholds:
     ctx_switches_per_s: float
     canary_drift: float
     canary_rel_iqr: float
+
+    @classmethod
+    def of(cls, s: TimingSettings) -> Thresholds:
+        return cls(
+            cpu_pressure_fraction=s.disturb_cpu_pressure,
+            steal_fraction=s.disturb_steal,
+            ctx_switches_per_s=s.disturb_ctx_switches_per_s,
+            canary_drift=s.disturb_canary_drift,
+            canary_rel_iqr=s.disturb_canary_rel_iqr,
+        )
 
 
 def _pressure_us() -> int | None:
@@ -136,9 +147,7 @@ def cpu_verdict(window: Window, t: Thresholds) -> list[str]:
         reasons.append(f"cpu steal: {s['steal_fraction']:.1%} of CPU time > {t.steal_fraction:.1%}")
     rate = s["invol_ctx_switches"] / window.wall_s if window.wall_s > 0 else 0.0
     if rate > t.ctx_switches_per_s:
-        reasons.append(
-            f"preempted: {rate:.0f} involuntary context switches/s > {t.ctx_switches_per_s:.0f}/s"
-        )
+        reasons.append(f"preempted: {rate:.0f} involuntary context switches/s > {t.ctx_switches_per_s:.0f}/s")
     return reasons
 
 

@@ -43,8 +43,10 @@ class TimingSettings:
     rel_iqr_target: float = field(default=0.05, metadata={"help": "stop once IQR / median is below this"})
     cache: str = field(
         default="cold",
-        metadata={"help": "cold: weights and input out of cache at every call (CPU: rotating copies; CUDA: L2 "
-                  "flush); warm: calls back to back on the same data"},
+        metadata={
+            "help": "cold: weights and input out of cache at every call (CPU: rotating copies; CUDA: L2 "
+            "flush); warm: calls back to back on the same data"
+        },
     )
     cold_max_mb: float = field(
         default=4096.0, metadata={"help": "CPU, cold: most MB of weight and input copies one point may build"}
@@ -59,8 +61,10 @@ class TimingSettings:
     retime_pause_s: float = field(default=2.0, metadata={"help": "pause before timing a disturbed point again"})
     disturb_cpu_pressure: float = field(
         default=0.1,
-        metadata={"help": "disturbed when runnable tasks waited for a CPU (/proc/pressure/cpu some) more than "
-                  "this fraction of the timing window"},
+        metadata={
+            "help": "disturbed when runnable tasks waited for a CPU (/proc/pressure/cpu some) more than "
+            "this fraction of the timing window"
+        },
     )
     disturb_steal: float = field(default=0.05, metadata={"help": "disturbed past this fraction of steal time"})
     disturb_ctx_switches_per_s: float = field(
@@ -74,8 +78,10 @@ class TimingSettings:
     )
     timeout_s: float = field(
         default=300.0,
-        metadata={"help": "most seconds a point's setup or one row's check may take, and a row's share of timing "
-                  "beyond its budget; past it the row is recorded as `timeout` and the sweep goes on"},
+        metadata={
+            "help": "most seconds a point's setup or one row's check may take, and a row's share of timing "
+            "beyond its budget; past it the row is recorded as `timeout` and the sweep goes on"
+        },
     )
 
 

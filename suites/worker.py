@@ -205,6 +205,5 @@ def _what(stage: str, rows: list[str]) -> str:
     if stage == "check":
         return f"the check of {rows[0]}"
     if stage == "timing":
-        return f"the round-robin timing of {', '.join(rows)}"
+        return f"the timing of {rows[0]}" if len(rows) == 1 else f"the round-robin timing of {', '.join(rows)}"
     return {"start": "worker start-up (peaks, canary)", "setup": "point setup"}.get(stage, stage)
-

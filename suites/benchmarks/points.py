@@ -11,7 +11,10 @@ import torch
 import moe_impls
 from moe_impls import MoEWeights
 from suites import spec
-from suites.runner import RTOL, check_call, timed_call
+from suites.nvml import NVML
+from suites.point_runner import RTOL, check_call, timed_call
+from suites.steadiness import Thresholds, Window, cpu_verdict, gpu_verdict
+from suites.timing import TimingSettings
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -31,8 +34,21 @@ def suite_rows(name: str, keep: Callable[[spec.Point], bool] = lambda p: True) -
     ]
 
 
+def watched(benchmark, call: Callable[[], object], reset: Callable[[], None], rounds: int, warmup: int) -> None:
+    """benchmark.pedantic, with the machine's steadiness over its rounds in `extra_info` (suites/steadiness.py),
+    so a saved pytest-benchmark run carries the same signals, and verdict, as a runner row."""
+    nvml = NVML(DEVICE)
+    before, window = nvml.clock_state(), Window().start()
+    benchmark.pedantic(call, setup=reset, rounds=rounds, warmup_rounds=warmup)
+    window.stop()
+    gpu, gpu_reasons = gpu_verdict(before, nvml.clock_state())
+    reasons = cpu_verdict(window, Thresholds.of(TimingSettings())) + gpu_reasons
+    benchmark.extra_info.update({**window.signals, **gpu, "disturbed": bool(reasons), "disturbance": reasons})
+
+
 def checked_call(point: spec.Point, impl: str) -> tuple[Callable[[], object], Callable[[], None]]:
-    """The timed call and its per-round setup, after the implementation's output has matched the reference."""
+    """The timed call and its reset (pytest-benchmark runs it as each round's setup), after the implementation's
+    output has matched the reference."""
     cfg = point.moe_config()
     dtype = getattr(torch, point.dtype)
     gen = torch.Generator().manual_seed(point.seed)

@@ -2,11 +2,10 @@
 
 import pytest
 
-from suites.benchmarks.points import checked_call, suite_rows, synchronized_timer
+from suites.benchmarks.points import checked_call, suite_rows, synchronized_timer, watched
 
 
 @pytest.mark.benchmark(group="smoke", timer=synchronized_timer, min_rounds=10, warmup=True)
 @pytest.mark.parametrize("point,impl", suite_rows("smoke"))
 def test_smoke(benchmark, point, impl):
-    call, setup = checked_call(point, impl)
-    benchmark.pedantic(call, setup=setup, rounds=20, warmup_rounds=2)
+    watched(benchmark, *checked_call(point, impl), rounds=20, warmup=2)

@@ -83,6 +83,11 @@ class CachesOutput(_Wrapped):
         return self.cached
 
 
+class AllocatesTooMuch(_Wrapped):
+    def misbehave(self, x):
+        torch.empty(1 << 50, dtype=torch.uint8)  # 1 PiB: the CPU allocator refuses
+
+
 def _factory(cls: type[_Wrapped]):
     def make(cfg: MoEConfig, weights: MoEWeights) -> nn.Module:
         return cls(weights)
@@ -98,3 +103,4 @@ os_exit_while_timed = _factory(OsExitWhileTimed)
 hangs = _factory(Hangs)
 mutate = _factory(MutatesWeights)
 cache = _factory(CachesOutput)
+huge_alloc = _factory(AllocatesTooMuch)

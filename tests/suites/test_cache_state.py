@@ -1,0 +1,85 @@
+"""A row's time must not depend on which rows ran beside it, in either cache state, and warm timing must
+agree with torch.utils.benchmark. Ratios within one process, medians of 3 tries, on the cpu suite's small
+shape (d 256, f 512, 8 experts, top-2) where the protocol moved flop_matched by 2x at one token."""
+
+import statistics
+import time
+
+import pytest
+import torch
+import torch.utils.benchmark as tb
+
+import moe_impls
+from moe_impls import MoEWeights
+from suites.cache import ColdPlan, _parse_size, last_level_cache_bytes, plan_copies
+from suites.point_runner import PointRunner
+from suites.spec import Point
+from suites.timing import Timed, TimingSettings, time_rows
+
+ROWS = ["loop", "padded", "sort_group", "dense_all", "param_matched", "flop_matched"]
+SETTINGS = TimingSettings(budget_ms=300, min_time_ms=100, warmup_ms=20, retimes=0)
+
+
+def small(tokens: int) -> Point:
+    return Point("small-8x2", 256, 512, 8, 2, "swiglu", tokens, "float32", "forward", "softmax_topk")
+
+
+def medians(runner: PointRunner, point: Point, todo: list[str]) -> dict[str, float]:
+    return {r["impl"]: r["latency_ms_median"] for r in runner.run(point, todo)}
+
+
+@pytest.mark.parametrize("cache", ["cold", "warm"])
+@pytest.mark.parametrize("tokens", [1, 1024])
+def test_a_row_timed_beside_its_neighbours_equals_it_timed_alone(cache, tokens):
+    settings = TimingSettings(**{**SETTINGS.__dict__, "cache": cache})
+    runner = PointRunner(torch.device("cpu"), 0, settings, None, None)
+    point = small(tokens)
+    for name in ("flop_matched", "sort_group"):
+        together, alone = [], []
+        for _ in range(3):
+            together.append(medians(runner, point, ROWS)[name])
+            alone.append(medians(runner, point, [name])[name])
+        ratio = statistics.median(together) / statistics.median(alone)
+        assert abs(ratio - 1) <= 0.05, f"{name} at T={tokens}, {cache}: with neighbours / alone = {ratio:.3f}"
+
+
+def _sleeper() -> None:
+    time.sleep(0.002)  # an idle neighbour: the thread pool falls asleep while it runs
+
+
+@pytest.mark.parametrize("what", ["matmul", "sort_group"])
+def test_warm_timing_agrees_with_torch_utils_benchmark_beside_an_idle_neighbour(what):
+    if what == "matmul":
+        a, b = torch.randn(256, 256), torch.randn(256, 256)
+
+        def fn():
+            return torch.mm(a, b)
+    else:
+        cfg = small(1024).moe_config()
+        layer, x = moe_impls.get("sort_group")(MoEWeights(cfg)), torch.randn(1024, 256)
+
+        def fn():
+            with torch.no_grad():
+                return layer(x)
+
+    warm = TimingSettings(**{**SETTINGS.__dict__, "cache": "warm"})
+    ours, theirs = [], []
+    for _ in range(3):
+        timings = time_rows({"row": Timed([fn]), "sleeper": Timed([_sleeper])}, torch.device("cpu"), warm)
+        ours.append(timings["row"].stats.median)
+        timer = tb.Timer("fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+        theirs.append(timer.blocked_autorange(min_run_time=0.3).median * 1e3)
+    ratio = statistics.median(ours) / statistics.median(theirs)
+    assert abs(ratio - 1) <= 0.05, f"{what}: ours / torch.utils.benchmark = {ratio:.3f}"
+
+
+def test_copies_span_twice_the_last_level_cache_within_the_budget():
+    llc = 32 * 2**20
+    plan = plan_copies(12 * 2**20, llc, 1 << 30)
+    assert plan == ColdPlan(7, None) and (plan.copies - 1) * 12 * 2**20 >= 2 * llc
+    assert plan_copies(100 * 2**20, llc, 1 << 30) == ColdPlan(1, None), "larger than 2 x LLC: cold by itself"
+    tight = plan_copies(12 * 2**20, llc, 30 * 2**20)
+    assert tight.copies == 3 and "partly cold: 3 of the 7 copies" in tight.note
+    assert _parse_size("32768K\n") == 32 * 2**20 and _parse_size("2M") == 2 * 2**20
+    size, source = last_level_cache_bytes(torch.device("cpu"))
+    assert size > 0 and source

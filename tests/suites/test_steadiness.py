@@ -1,0 +1,117 @@
+"""Disturbance signals against known quantities, and a planted competing process in the middle of a run."""
+
+import subprocess
+import sys
+import threading
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from suites import spec
+from suites.runner import Runner
+from suites.steadiness import THROTTLE_BITS, Thresholds, Window, canary_verdict, cpu_verdict, gpu_verdict
+from suites.timing import TimingSettings
+
+LIMITS = Thresholds.of(TimingSettings())
+
+
+def test_a_busy_python_loop_uses_one_cpu_second_per_wall_second():
+    window = Window().start()
+    end = time.perf_counter() + 0.3
+    while time.perf_counter() < end:
+        pass
+    window.stop()
+    assert 0.3 <= window.wall_s < 0.6
+    assert 0.7 <= window.signals["cpu_over_wall"] <= 1.1
+    assert window.signals["invol_ctx_switches"] >= 0
+
+
+def test_canary_drift_and_spread_by_hand():
+    steady, reasons = canary_verdict([1.0, 1.0, 1.1, 1.0, 1.0], 1.0, LIMITS)
+    assert steady["canary_drift"] == 0.0 and not reasons
+    slow, reasons = canary_verdict([1.5, 1.5, 1.5, 1.5, 1.5], 1.0, LIMITS)
+    assert slow["canary_drift"] == pytest.approx(0.5) and reasons == [
+        "canary: 1.5 ms vs 1 ms at the start of the run (+50%, limit +-15%)"
+    ]
+    # sorted [1, 1, 2, 3, 3]: median 2, IQR 3 - 1 = 2 -> 1.0 > 0.25
+    _, reasons = canary_verdict([1.0, 3.0, 2.0, 1.0, 3.0], 2.0, LIMITS)
+    assert reasons == ["canary spread: IQR/median 1.00 > 0.25"]
+
+
+def test_cpu_verdict_names_each_signal_past_its_threshold():
+    window = Window(wall_s=1.0, signals={"cpu_pressure_ms": 300.0, "steal_fraction": 0.2, "invol_ctx_switches": 10})
+    assert cpu_verdict(window, LIMITS) == [
+        "cpu pressure: 300 ms stalled in a 1000 ms window > 100 ms (10%)",
+        "cpu steal: 20.0% of CPU time > 5.0%",
+    ]
+    quiet = Window(wall_s=1.0, signals={"cpu_pressure_ms": None, "steal_fraction": 0.0, "invol_ctx_switches": 3})
+    assert cpu_verdict(quiet, LIMITS) == []
+
+
+def test_gpu_throttle_bits_make_a_window_disturbed():
+    idle = {"reasons": 0x1, "sm_clock_mhz": 1980, "sm_clock_max_mhz": 1980}  # GPU idle is not a disturbance
+    cols, reasons = gpu_verdict(idle, idle)
+    assert reasons == [] and cols["sm_clock_fraction"] == 1.0
+    hot = {"reasons": 0x40 | 0x4, "sm_clock_mhz": 990, "sm_clock_max_mhz": 1980}
+    cols, reasons = gpu_verdict(idle, hot)
+    assert cols["gpu_throttle"] == [THROTTLE_BITS[0x4], THROTTLE_BITS[0x40]] and cols["sm_clock_fraction"] == 0.5
+    assert reasons == ["gpu throttled: sw power cap, hw thermal slowdown (NVML clock-event reasons)"]
+    assert gpu_verdict(None, None)[1] == []
+
+
+COMPETITOR = """
+import sys, time, torch
+torch.set_num_threads(2)
+a = torch.randn(512, 512)
+end = time.time() + float(sys.argv[1])
+while time.time() < end:
+    a @ a
+"""
+
+SUITE = """
+impls = ["loop", "sort_group"]
+baselines = ["flop_matched"]
+[timing]
+budget_ms = 150
+min_time_ms = 60
+warmup_ms = 5
+retimes = {retimes}
+retime_pause_s = 0.1
+[[shapes]]
+name = "s"
+d_model = 128
+d_ff = 256
+num_experts = 8
+top_k = 2
+tokens = [16, 32, 64, 128, 256, 512, 768, 1024]
+"""
+
+
+def test_points_timed_during_a_planted_competing_process_are_flagged_and_only_they(tmp_path):
+    suite_file = tmp_path / "contended.toml"
+    suite_file.write_text(SUITE.format(retimes=0))
+    suite = spec.load(str(suite_file))
+    window: dict[str, float] = {}
+
+    def compete(after_s: float, for_s: float) -> None:
+        time.sleep(after_s)
+        window["from"] = time.time()
+        subprocess.run([sys.executable, "-c", COMPETITOR, str(for_s)], check=True)
+        window["to"] = time.time()
+
+    rival = threading.Thread(target=compete, args=(6.0, 2.5))
+    rival.start()
+    Runner(suite, torch.device("cpu"), tmp_path / "run", progress=False).run()
+    rival.join()
+    rows = pd.read_json(tmp_path / "run" / "results.jsonl", lines=True)
+    points = rows.groupby("point_id").agg(
+        start=("timed_from", "min"), end=("timed_to", "max"), disturbed=("disturbed", "any")
+    )
+    hit = (points["end"] > window["from"]) & (points["start"] < window["to"])
+    assert hit.any() and (~hit).sum() >= 2, "the rival should overlap some points, not all"
+    assert points.loc[hit, "disturbed"].all(), "every point timed during the rival is flagged"
+    assert not points.loc[~hit, "disturbed"].any(), "no point outside the rival's window is flagged"
+    reasons = rows.loc[rows["disturbed"], "disturbance"].explode()
+    assert reasons.str.contains("cpu pressure|canary|preempted").all()
