@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 ACTIVATIONS = ("swiglu", "gelu")
 ROUTERS = ("softmax_topk", "noisy_topk", "sigmoid_topk", "expert_choice")
 SKEWS = ("uniform", "zipf", "hot", "collapse")
+# At s = 10 the first expert already outweighs the second 1024:1, so the caps decide the loads and a steeper
+# skew routes the same; past s ~ 1075 the shares underflow float64. Bounded so that a typo cannot ask for it.
+ZIPF_MAX_S = 10.0
 
 
 def _positive(name: str, value: object) -> None:
@@ -24,17 +27,17 @@ class SyntheticRouting:
     """
 
     kind: str = "uniform"
-    zipf_s: float = field(default=1.2, metadata={"help": "Zipf exponent: load of the r-th expert ~ r^-s"})
-    hot_fraction: float = field(default=0.5, metadata={"help": "share of all assignments sent to the hot expert"})
+    zipf_s: float = field(default=1.2, metadata={"help": "Zipf exponent in [0, 10]: load of the r-th expert ~ r^-s"})
+    hot_fraction: float = field(default=0.5, metadata={"help": "share in (0, 1] of all assignments to the hot expert"})
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.kind not in SKEWS:
             raise ValueError(f"SyntheticRouting.kind must be one of {SKEWS}, got {self.kind!r}")
-        if self.zipf_s < 0:
-            raise ValueError(f"SyntheticRouting.zipf_s must be >= 0, got {self.zipf_s}")
-        if not 0.0 <= self.hot_fraction <= 1.0:
-            raise ValueError(f"SyntheticRouting.hot_fraction must be in [0, 1], got {self.hot_fraction}")
+        if not 0.0 <= self.zipf_s <= ZIPF_MAX_S:  # false for nan too
+            raise ValueError(f"SyntheticRouting.zipf_s must be in [0, {ZIPF_MAX_S:g}], got {self.zipf_s}")
+        if not 0.0 < self.hot_fraction <= 1.0:
+            raise ValueError(f"SyntheticRouting.hot_fraction must be in (0, 1], got {self.hot_fraction}")
 
     @property
     def label(self) -> str:
@@ -74,8 +77,8 @@ class MoEConfig:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.router not in ROUTERS:
             raise ValueError(f"router must be one of {ROUTERS}, got {self.router!r}")
-        if self.capacity_factor is not None and not self.capacity_factor > 0:
-            raise ValueError(f"capacity_factor must be > 0 or None, got {self.capacity_factor}")
+        if self.capacity_factor is not None and not 0 < self.capacity_factor < math.inf:  # nan fails both
+            raise ValueError(f"capacity_factor must be a finite number > 0 or None, got {self.capacity_factor}")
         if self.synthetic is not None:
             if self.router == "expert_choice":
                 raise ValueError("synthetic routing overrides token choice; router 'expert_choice' cannot take it")

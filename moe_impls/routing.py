@@ -105,18 +105,24 @@ def synthetic_expert_idx(num_tokens: int, num_experts: int, top_k: int, spec: Sy
 
 
 def _integer_loads(share: torch.Tensor, total: int, cap: int) -> torch.Tensor:
-    """Integer loads close to share*total, capped at `cap`, summing to `total` (water-filling, largest remainder)."""
+    """Integer loads close to share*total, capped at `cap`, summing to `total` (water-filling, largest remainder).
+
+    No load ever exceeds `cap`: a load above T would give some token the same expert twice. When the uncapped
+    experts' shares are all 0 (a steep skew underflows), the capped experts' overflow is spread evenly over them.
+    """
     target = share * total
     capped = torch.zeros_like(share, dtype=torch.bool)
     while bool((target > cap + 1e-9).any()):
         capped |= target > cap + 1e-9
         spare = total - cap * int(capped.sum())
         free = share.masked_fill(capped, 0.0)
-        target = torch.where(capped, float(cap), free / free.sum().clamp_min(1e-300) * spare)
+        if not bool(free.sum() > 0):
+            free = (~capped).double()
+        target = torch.where(capped, float(cap), free / free.sum() * spare)
     loads = target.floor().long().clamp_max(cap)
-    missing = total - int(loads.sum())
-    room = (target - loads).masked_fill(loads >= cap, -1.0)
-    loads[torch.argsort(room, descending=True, stable=True)[:missing]] += 1
+    by_remainder = torch.argsort(target - loads, descending=True, stable=True)
+    with_room = by_remainder[loads[by_remainder] < cap]
+    loads[with_room[: total - int(loads.sum())]] += 1
     return loads
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,10 @@ REQUIRED_FIELDS = [
     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
 ]
 HF_MARKERS = ("model_type", "architectures", "hidden_size")  # keys a transformers config has and ours lacks
+HF_LISTS = ("mlp_only_layers",)  # transformers keys holding lists of layer indices
+# --ep options: a rate or a size of 0 divides by zero and a negative one prints negative times; 0 latency is ideal
+EP_POSITIVE = ("tokens_per_rank", "ranks_per_node", "intra_gbs", "inter_gbs", "tflops")
+EP_NON_NEGATIVE = ("intra_us", "inter_us")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -63,10 +68,8 @@ def ep_table(cfg: ModelConfig, dtype: str, args: argparse.Namespace) -> dict[str
         ep_costs.Link(args.intra_gbs * 1e9, args.intra_us * 1e-6),
         ep_costs.Link(args.inter_gbs * 1e9, args.inter_us * 1e-6),
     )
-    E, G = shape.num_experts, cluster.ranks_per_node
-    sizes = [r for r in range(1, E + 1) if E % r == 0 and (r <= G or r % G == 0)]
     rows = []
-    for r in sizes:
+    for r in ep_costs.candidate_world_sizes(shape.num_experts, cluster.ranks_per_node):
         cost = ep_costs.ep_cost(shape, args.tokens_per_rank, r, cluster, args.tflops * 1e12)
         ms = {k: getattr(cost, k) * 1e3 for k in ("dispatch_s", "combine_s", "compute_s")}
         rows.append({"world_size": r, **ms, "compute_to_comm": cost.compute_to_comm})
@@ -125,10 +128,30 @@ def load_model(spec: str) -> tuple[ModelConfig, Published | None]:
         raise ValueError(f"{path}: expected an object of ModelConfig fields, got {type(data).__name__}")
     try:
         if any(key in data for key in HF_MARKERS):
+            _check_hf_lists(data)
             return from_hf_config(data, name=data.get("_name_or_path") or path.stem), None
         return _model_config(data, path), None
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
+    except TypeError as exc:  # a value of a type no check above foresaw, e.g. a string where a count goes
+        raise ValueError(f"{path}: a value has the wrong type: {exc}") from None
+
+
+def _check_hf_lists(data: dict[str, Any]) -> None:
+    for key in HF_LISTS:
+        value = data.get(key)
+        if value is not None and not (isinstance(value, list) and all(type(i) is int for i in value)):
+            raise ValueError(f"transformers config: {key} = {value!r}: expected a list of layer indices")
+
+
+def _check_ep_args(args: argparse.Namespace) -> None:
+    """ValueError naming the first --ep option out of range (see EP_POSITIVE, EP_NON_NEGATIVE)."""
+    for key in EP_POSITIVE + EP_NON_NEGATIVE:
+        value, positive = getattr(args, key), key in EP_POSITIVE
+        if not math.isfinite(value) or value < 0 or (positive and value == 0):
+            raise ValueError(
+                f"--{key.replace('_', '-')} must be a finite number {'> 0' if positive else '>= 0'}, got {value}"
+            )
 
 
 def _model_config(data: dict[str, Any], path: Path) -> ModelConfig:
@@ -267,6 +290,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.context < 0:
             raise ValueError(f"--context must be >= 0, got {args.context}")
+        if args.ep:
+            _check_ep_args(args)
         cfg, published = load_model(args.model)
         r = report(cfg, args.dtype, args.context, published)
         if args.ep:

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import re
+import shlex
 import sys
 from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 import moe_impls
-from suites import ep_run, spec
+from suites import ep_run, results, spec
+from suites.results import ResultsError, ResultsWriteError
 from suites.runner import Runner, resolve_device
+
+DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # checked before torch.device, which raises RuntimeError
+INTERRUPTED = 130  # the shell's exit status for a process ended by SIGINT
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,6 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--only", help="comma-separated implementations/baselines to run")
     run.add_argument("--no-report", action="store_true", help="skip rendering the report")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--inline",
+        action="store_true",
+        help="measure in this process instead of a worker (for a debugger); an exit() in an implementation then "
+        "ends the run",
+    )
     run.add_argument(
         "--impl",
         action="append",
@@ -45,43 +58,121 @@ def _error(message: str) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     try:
-        device = resolve_device(args.device)
-        suite = spec.load(args.suite or ("gpu" if device.type == "cuda" else "cpu"))
-    except ValueError as exc:
+        device = _device(args.device)
+        suite = spec.load(args.suite if args.suite is not None else ("gpu" if device.type == "cuda" else "cpu"))
+        impls, baselines = _selection(args, suite)
+        out = _out_dir(args, suite)
+    except (ValueError, ResultsError) as exc:
         return _error(str(exc))
+    resume = _resume_command(args, suite, out)
+    try:
+        return _run(args, suite, device, out, impls, baselines)
+    except ResultsWriteError as exc:
+        return _error(f"{exc}; the rows written so far are kept: free space, then resume with: {resume}")
+    except ResultsError as exc:
+        return _error(str(exc))
+    except KeyboardInterrupt:
+        print(
+            f"moe-bench: interrupted; {results.count_rows(out)} row(s) kept in {out}; resume with: {resume}",
+            file=sys.stderr,
+        )
+        return INTERRUPTED
+
+
+def _device(text: str) -> torch.device:
+    """--device, checked as text first: torch.device('tpu') and torch.device('cuda:abc') raise RuntimeError."""
+    if not DEVICE.fullmatch(text):
+        raise ValueError(f"--device: expected auto, cpu, cuda or cuda:N, got {text!r}")
+    device = resolve_device(text)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def _selection(args: argparse.Namespace, suite: spec.Suite) -> tuple[list[str], list[str]]:
+    """Implementations and baselines to run: the suite's, or --only's, plus each --impl. A name given twice
+    would write its rows twice, so it is refused like an unknown one."""
     impls, baselines = list(suite.impls), list(suite.baselines)
-    if args.only:
-        only = [n.strip() for n in args.only.split(",") if n.strip()]
+    if args.only is not None:
+        only = [n.strip() for n in args.only.split(",")]
+        if not all(only):
+            raise ValueError(f"--only {args.only!r}: expected comma-separated implementation or baseline names")
+        _refuse_repeats("--only", only)
         known = [*moe_impls.names(), spec.EP_IMPL]
         unknown = [n for n in only if n not in known and n not in moe_impls.BASELINES]
         unknown = [n for n in unknown if not moe_impls.registry.is_known(n)]  # <impl>+compile, plug-ins
         if unknown:
-            return _error(f"--only: {_unknown(unknown[0])}")
+            raise ValueError(f"--only: {_unknown(unknown[0])}")
         impls = [n for n in only if n not in moe_impls.BASELINES]
         baselines = [n for n in only if n in moe_impls.BASELINES]
+    _refuse_repeats("--impl", args.impl)
     for name in args.impl:
         if not moe_impls.registry.is_known(name):
-            return _error(f"--impl: {_unknown(name)}")
+            raise ValueError(f"--impl: {_unknown(name)}")
         impls += [name] if name not in impls else []
+    return impls, baselines
+
+
+def _refuse_repeats(option: str, names: list[str]) -> None:
+    repeated = spec.first_repeat(names)
+    if repeated is not None:
+        raise ValueError(f"{option}: {repeated!r} is given twice")
+
+
+def _out_dir(args: argparse.Namespace, suite: spec.Suite) -> Path:
+    """--out, the newest results/<suite>-* for a bare --resume, or a new results/<suite>-<timestamp>; refused
+    now if another run wrote it (check_resume) or it cannot take this one (check_usable)."""
     out = args.out
     if args.resume and out is None:
-        previous = sorted(Path("results").glob(f"{suite.name}-*"))
+        previous = sorted(p for p in Path("results").glob(f"{suite.name}-*") if p.is_dir())
         if not previous:
-            return _error(f"--resume: no results/{suite.name}-* directory to resume; pass --out")
+            raise ValueError(f"--resume: no results/{suite.name}-* directory to resume; pass --out DIR")
         out = previous[-1]
-    if args.resume and not (out / "results.jsonl").exists():
-        return _error(f"--resume: {out} has no results.jsonl to resume")
-    if not args.resume and out is not None and (out / "results.jsonl").exists():
-        return _error(f"--out {out} already holds results; pass --resume to complete it or choose another directory")
+    if args.resume:
+        results.check_resume(out, suite.name, suite.file_hash)
+    elif out is not None and (out / results.RESULTS).exists():
+        raise ValueError(f"--out {out} already holds results; pass --resume to complete it or choose another directory")
     out = out or Path("results") / f"{suite.name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if ep_run.torchrun_env() is None:  # torchrun's ranks get here at once: the writer on rank 0 locks alone
+        results.check_usable(out)
+    return out
+
+
+def _disturbed_line(summary) -> str:
+    n = len(summary.disturbed)
+    if not n:
+        return "steady: no point was disturbed (suites/steadiness.py)"
+    return f"disturbed: {n} point(s) timed on a disturbed machine; their numbers are no finding (see the report)"
+
+
+def _resume_command(args: argparse.Namespace, suite: spec.Suite, out: Path) -> str:
+    """The command that continues this run: the same suite, rows, device and report, into the same directory."""
+    cmd = ["moe-bench", "run", args.suite or suite.name, "--out", str(out), "--resume"]
+    cmd += ["--device", args.device] if args.device != "auto" else []
+    cmd += ["--only", args.only] if args.only is not None else []
+    cmd += [arg for name in args.impl for arg in ("--impl", name)]
+    cmd += ["--nproc", str(args.nproc)] if args.nproc is not None else []
+    cmd += ["--no-report"] if args.no_report else []
+    return shlex.join(cmd)
+
+
+def _run(
+    args: argparse.Namespace, suite: spec.Suite, device: torch.device, out: Path, impls: list[str], baselines: list[str]
+) -> int:
     code = ep_run.dispatch(args, suite, device, out, impls, baselines)  # None: not an expert-parallel run
     if code is not None:
         return code
     print(f"moe-bench: suite {suite.name} ({len(suite.points)} points) on {device} -> {out}", file=sys.stderr)
-    summary = Runner(suite, device, out, impls, baselines, progress=not args.no_progress).run()
+    runner = Runner(suite, device, out, impls, baselines, progress=not args.no_progress, isolate=not args.inline)
+    summary = runner.run()
     print(summary_table(out))
     timed = summary.timed_s / summary.wall_s if summary.wall_s else 0
     print(f"\n{dict(summary.statuses)} in {summary.wall_s:.1f} s ({timed:.0%} of it in timed calls) -> {out}")
+    print(_disturbed_line(summary))
+    if not summary.complete:
+        print(
+            f"moe-bench: {summary.planned - summary.written} of {summary.planned} planned rows missing", file=sys.stderr
+        )
     if not args.no_report:
         from reports.render import render_report  # the CLI is the composition root; the runner never renders
 

@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from moe_impls.config import MoEConfig
 from suites.flops import ffn_flops_per_row
 
+MAX_RANKS = 1 << 16  # largest world size considered: past any EP deployment, and it keeps E = 10^12 a short loop
+
 
 @dataclass(frozen=True)
 class Link:
@@ -92,6 +94,13 @@ def uniform_traffic_shares(world_size: int, ranks_per_node: int) -> TrafficShare
         raise ValueError(f"world_size ({world_size}) must be a multiple of ranks_per_node ({ranks_per_node})")
     node = min(world_size, ranks_per_node)
     return TrafficShares(1 / world_size, (node - 1) / world_size, (world_size - node) / world_size)
+
+
+def candidate_world_sizes(num_experts: int, ranks_per_node: int) -> list[int]:
+    """World sizes EP can run on: divisors of E (each rank holds E / R experts) up to MAX_RANKS that fill whole
+    nodes once past one node."""
+    E, G = num_experts, ranks_per_node
+    return [r for r in range(1, min(E, MAX_RANKS) + 1) if E % r == 0 and (r <= G or r % G == 0)]
 
 
 def all_to_all_seconds(num_bytes: float, world_size: int, cluster: Cluster) -> tuple[float, float, float]:
@@ -177,11 +186,10 @@ def where_ep_stops_paying(
 ) -> int | None:
     """Smallest world size whose compute / comm falls below `threshold`; None if every candidate stays above.
 
-    Candidates default to the divisors of E above 1 (EP needs E % R == 0) that fill whole nodes past one node.
+    Candidates default to `candidate_world_sizes` above 1 (one rank has nothing to communicate).
     """
     if world_sizes is None:
-        E, G = shape.num_experts, cluster.ranks_per_node
-        world_sizes = [r for r in range(2, E + 1) if E % r == 0 and (r <= G or r % G == 0)]
+        world_sizes = [r for r in candidate_world_sizes(shape.num_experts, cluster.ranks_per_node) if r > 1]
     for world_size in sorted(world_sizes):
         if ep_cost(shape, tokens_per_rank, world_size, cluster, flops_per_s).compute_to_comm < threshold:
             return world_size

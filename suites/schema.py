@@ -8,7 +8,7 @@ from __future__ import annotations
 
 SCHEMA_VERSION = 1
 
-STATUSES = ("ok", "wrong", "oom", "error", "skipped")
+STATUSES = ("ok", "wrong", "oom", "error", "skipped", "timeout")
 
 RESULT_COLUMNS: dict[str, str] = {
     # identity of the point
@@ -29,7 +29,8 @@ RESULT_COLUMNS: dict[str, str] = {
     "device": "'cpu' or 'cuda'",
     "world_size": "processes the point ran on (1 unless expert parallel)",
     # outcome
-    "status": "ok | wrong (output differs from the reference; never timed) | oom | error | skipped",
+    "status": "ok | wrong (output differs from the reference; never timed) | oom | error | skipped | timeout (the "
+    "row's setup, check or timing ran past timing.timeout_s; recorded, and the sweep went on)",
     "error": "one-line reason when status is not ok, else null",
     "max_abs_err": "largest |output - reference output| over the point's input (null for dense baselines)",
     "tolerance": "the max_abs_err allowed for this dtype and output scale",
@@ -77,6 +78,47 @@ RESULT_COLUMNS: dict[str, str] = {
     "energy_j": "NVML total-energy counter difference over the timed loop / repetitions (J per call), null if unavailable",
     "joules_per_token": "energy_j / tokens",
     "energy_note": "why energy is null (no NVML, counter unsupported, too short to move the counter)",
+    # cache state (suites/timing.py, suites/cache.py)
+    "cache": "'cold' (every call's weights and input out of cache) or 'warm' (calls back to back on one copy)",
+    "cache_copies": "copies of the row's weights and input the calls rotated over (CPU, cold); 1 otherwise",
+    "cache_note": "why the row is not fully in the cache state asked for (too many copies needed, compiled row)",
+    "timer_note": "how the timing differs from the protocol (eager instead of a CUDA graph; timed alone after a "
+    "worker was lost while the point's rows were timed together)",
+    "reference": "implementation whose output this row was checked against (dense_all, or loop for large points)",
+    # steadiness of the machine during the point's timing window (suites/steadiness.py); equal for its rows
+    "disturbed": "true when a signal passed its [timing] threshold in the last try; such a number is no finding",
+    "disturbance": "list, one line per signal past its threshold: value and threshold",
+    "retimed": "tries before the one kept (a disturbed try is timed again, up to timing.retimes)",
+    "earlier_samples_ms": "list of the samples_ms of each earlier, disturbed try (kept, never thrown away)",
+    "timing_window_s": "wall seconds of the kept try's round-robin timing window",
+    "timed_from": "unix time the point's first try began (so a disturbance can be matched to the points it hit)",
+    "timed_to": "unix time the point's last try ended",
+    "cpu_pressure_ms": "ms in the window in which some runnable task waited for a CPU (/proc/pressure/cpu)",
+    "steal_fraction": "steal jiffies / all jiffies in the window (/proc/stat): CPU time the hypervisor took",
+    "invol_ctx_switches": "times the process was preempted in the window (getrusage ru_nivcsw)",
+    "cpu_over_wall": "process CPU seconds / wall seconds in the window (up to the thread count)",
+    "loadavg_before": "1-minute load average before the window (recorded only: it lags by a minute)",
+    "loadavg_after": "1-minute load average after the window",
+    "canary_ms": "median ms of the canary (a fixed matmul of about 1 ms timed beside the rows) in the window",
+    "canary_rel_iqr": "IQR / median of the canary in the window",
+    "canary_drift": "canary_ms / its median at the start of the run - 1",
+    "gpu_throttle": "list of NVML clock-event reasons seen before or after the window (power cap, thermal, ...)",
+    "sm_clock_fraction": "SM clock / its maximum after the window (NVML)",
+    "temperature_c": "GPU temperature after the window (NVML)",
+    "power_w": "GPU power draw after the window (NVML)",
+    "signals_missing": "{signal: why it is null} for the signals this machine does not provide",
+    # deterministic counters (suites/counters.py: one untimed call; exact, equal on every run of the same code and
+    # input, so `moe-bench compare --metric counters` gates on them without noise; <impl>+compile rows count the
+    # eager code, as torch.compile steps aside under a dispatch mode; null when not counted)
+    "counted_flops": "FLOPs torch's FlopCounterMode counted in one call (matmuls only, 2 per multiply-add, grouped "
+    "GEMMs included): padding and dense_all's idle rows count, elementwise work does not; `flops` is the analytic count",
+    "aten_ops": "ATen operator calls dispatched by one call (views, in-place ops and the backward included)",
+    "host_syncs": "times one call made the host wait for a device value: item()/tolist()/bool()/int() of a tensor, "
+    "ops whose output size depends on values (nonzero, torch.where(cond), x[mask], unique, bincount, "
+    "repeat_interleave without output_size) and, on CUDA only, blocking host-device copies",
+    "alloc_bytes": "bytes of the new tensor storages one call's ops returned (logical sizes, before the allocator "
+    "rounds them; kernel workspace excluded)",
+    "counters_note": "why the counters are null (the counting modes failed on this row's call)",
 }
 
 # Extra columns of `expert_parallel` rows (suites/ep_run.py), one row per point and world size. Kept apart from

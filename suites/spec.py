@@ -21,6 +21,12 @@ and name the world sizes to run with a top-level `nproc = [1, 2, 4]`; `moe-bench
 list. In such a suite `tokens` is tokens per rank (every rank routes its own batch), modes are forward only,
 and every shape's num_experts must divide by every world size. `baselines = []` runs no dense baseline.
 
+Bounds, so that a typo fails here and not hours into a run: `name` is one path component of letters, digits,
+'.', '_' and '-' (it names the results directory); no list repeats a value and no point appears twice;
+tokens are integers in [1, MAX_TOKENS]; zipf:S takes S in [0, 10] and hot:P takes P in (0, 1];
+capacity_factor is in (0, MAX_CAPACITY_FACTOR]; timing values are finite and >= 0, the millisecond ones at most
+MAX_MS, and 1 <= max_reps <= MAX_REPS with min_reps <= max_reps.
+
 Every mistake is one `SuiteError` line naming the file, the key and the value.
 """
 
@@ -29,6 +35,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +58,12 @@ TOP_KEYS |= {"nproc"}
 EP_IMPL = "expert_parallel"  # runs on every rank of a process group (suites/ep_run.py), not through the Runner
 SHAPE_KEYS = {"name", "preset", "d_model", "d_ff", "num_experts", "top_k", "activation", "tokens"}
 SHAPE_KEYS |= {"capacity_factor", "normalize_topk", "dtypes", "modes", "routing"}  # the last three override the top
+NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")  # one path component, never '.', '..' or hidden
+MAX_TOKENS = 2**24  # 16M tokens per call: 128x the gpu suite's largest point, 2^24 x d_model 4096 x bf16 = 128 GiB
+MAX_CAPACITY_FACTOR = 64.0  # past num_experts / top_k nothing drops; larger values only pad
+MAX_REPS = 100_000  # timed samples per row: 100x the default max_reps
+MAX_MS = 600_000.0  # 10 minutes, the most any timing.*_ms value may ask for one row
+SEED_RANGE = range(2**63)  # what torch.Generator.manual_seed accepts without wrapping
 
 
 class SuiteError(ValueError):
@@ -148,10 +162,17 @@ def available() -> dict[str, str]:
 
 
 def load(name_or_path: str, impl_names: list[str] | None = None) -> Suite:
+    if not name_or_path.strip():
+        raise SuiteError(f"expected a suite name ({', '.join(available())}) or a TOML path, got {name_or_path!r}")
     path = resolve(name_or_path)
+    if path.is_dir():
+        raise SuiteError(f"{path}: is a directory, expected a suite TOML file")
     if not path.is_file():
         raise SuiteError(f"{path}: no such suite file (shipped suites: {', '.join(available())})")
-    raw_bytes = path.read_bytes()
+    try:
+        raw_bytes = path.read_bytes()
+    except OSError as exc:
+        raise SuiteError(f"{path}: cannot read the suite file: {exc.strerror}") from None
     try:
         raw = tomllib.loads(raw_bytes.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -169,7 +190,19 @@ def _list_of(raw: dict, key: str, kind: type, path: Path, default: list | None =
         raise _fail(path, key, value, "required")
     if not isinstance(value, list) or not value or not all(isinstance(v, kind) for v in value):
         raise _fail(path, key, value, f"expected a non-empty list of {kind.__name__}")
+    _unique(value, key, path)
     return value
+
+
+def first_repeat(values: list) -> object | None:
+    """The first value listed twice, else None: a repeated value would run (and write) the same rows twice."""
+    return next((v for i, v in enumerate(values) if v in values[:i]), None)
+
+
+def _unique(values: list, key: str, path: Path) -> None:
+    repeated = first_repeat(values)
+    if repeated is not None:
+        raise _fail(path, key, values, f"{repeated!r} is listed twice")
 
 
 def _choices(raw: dict, key: str, allowed: list[str] | tuple[str, ...], path: Path, default: list | None = None):
@@ -185,8 +218,12 @@ def _build(raw: dict, path: Path, file_hash: str, impl_names: list[str] | None) 
     if unknown:
         raise _fail(path, sorted(unknown)[0], raw[sorted(unknown)[0]], f"unknown key; expected {sorted(TOP_KEYS)}")
     seed = raw.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise _fail(path, "seed", seed, "expected an integer")
+    if type(seed) is not int or seed not in SEED_RANGE:
+        raise _fail(path, "seed", seed, "expected an integer in [0, 2**63)")
+    name = _suite_name(raw, path)
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise _fail(path, "description", description, "expected a string")
     impls = _impl_choices(raw, [*(impl_names or moe_impls.names()), EP_IMPL], path)
     if raw.get("baselines") == []:
         baselines = ()
@@ -199,7 +236,7 @@ def _build(raw: dict, path: Path, file_hash: str, impl_names: list[str] | None) 
     shapes = raw.get("shapes")
     if not isinstance(shapes, list) or not shapes or not all(isinstance(s, dict) for s in shapes):
         raise _fail(path, "shapes", shapes, "expected one or more [[shapes]] tables")
-    points = []
+    points: dict[str, Point] = {}
     for i, shape in enumerate(shapes):
         where = f"shapes[{i}]"
         fields = _shape_fields(shape, where, path)
@@ -217,20 +254,34 @@ def _build(raw: dict, path: Path, file_hash: str, impl_names: list[str] | None) 
                             point.moe_config()
                         except ValueError as exc:
                             raise _fail(path, f"shapes[{i}]", shape.get("name", i), f"{routing}: {exc}") from None
-                        points.append(point)
+                        if point.point_id in points:
+                            why = f"repeats the point T={tokens} {dtype} {mode} {routing} of an earlier shape"
+                            raise _fail(path, where, point.shape, why)
+                        points[point.point_id] = point
     return Suite(
-        name=raw.get("name", path.stem),
-        description=raw.get("description", ""),
+        name=name,
+        description=description,
         path=path,
         file_hash=file_hash,
         seed=seed,
         impls=impls,
         baselines=baselines,
-        dtypes=tuple(sorted({p.dtype for p in points})),
+        dtypes=tuple(sorted({p.dtype for p in points.values()})),
         timing=timing,
-        points=tuple(points),
-        nproc=_nproc(raw, path, impls, points),
+        points=tuple(points.values()),
+        nproc=_nproc(raw, path, impls, list(points.values())),
     )
+
+
+def _suite_name(raw: dict, path: Path) -> str:
+    """The results directory's name: `name`, checked, or the file's stem made safe (spaces, '..' cannot escape)."""
+    if "name" not in raw:
+        return re.sub(r"[^A-Za-z0-9._-]", "_", path.stem).lstrip(".") or "suite"
+    name = raw["name"]
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        why = "expected letters, digits, '.', '_' or '-', not starting with '.' (it names the results directory)"
+        raise _fail(path, "name", name, why)
+    return name
 
 
 def _nproc(raw: dict, path: Path, impls: tuple[str, ...], points: list[Point]) -> tuple[int, ...]:
@@ -286,11 +337,35 @@ def _timing(raw: object, path: Path) -> TimingSettings:
         if key not in fields:
             raise _fail(path, f"timing.{key}", value, f"unknown key; expected {sorted(fields)}")
         default = fields[key].default
-        if isinstance(default, bool) != isinstance(value, bool) or not isinstance(value, (type(default), int)):
+        if not _same_kind(value, default):
             raise _fail(path, f"timing.{key}", value, f"expected {type(default).__name__}")
-        if not isinstance(value, bool) and value < 0:
-            raise _fail(path, f"timing.{key}", value, "must be >= 0")
-    return TimingSettings(**raw)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            _timing_bound(key, value, path)
+    try:
+        timing = TimingSettings(**raw)
+    except (TypeError, ValueError) as exc:
+        raise _fail(path, "timing", raw, str(exc)) from None
+    if timing.min_reps > timing.max_reps:
+        raise _fail(path, "timing.min_reps", timing.min_reps, f"must be <= timing.max_reps ({timing.max_reps})")
+    return timing
+
+
+def _same_kind(value: object, default: object) -> bool:
+    """TOML's type for a TimingSettings field: a bool for a bool, an int for an int, either number for a float."""
+    if isinstance(value, bool) or isinstance(default, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return type(value) is type(default)
+
+
+def _timing_bound(key: str, value: float, path: Path) -> None:
+    """Finite, >= 0, and within what one row may ask for (MAX_MS, MAX_REPS)."""
+    low = 1 if key == "max_reps" else 0
+    high = MAX_MS if key.endswith("_ms") else MAX_REPS if key.endswith("_reps") else math.inf
+    if not (math.isfinite(value) and low <= value <= high):
+        limit = f" and <= {high:g}" if high < math.inf else ""
+        raise _fail(path, f"timing.{key}", value, f"expected a finite number >= {low}{limit}")
 
 
 def _shape_fields(shape: dict, where: str, path: Path) -> dict:
@@ -309,11 +384,18 @@ def _shape_fields(shape: dict, where: str, path: Path) -> dict:
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise _fail(path, f"{where}.{key}", value, "expected a positive integer")
     tokens = fields.get("tokens")
-    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, int) and t > 0 for t in tokens):
-        raise _fail(path, f"{where}.tokens", tokens, "expected a non-empty list of positive integers")
+    if not isinstance(tokens, list) or not tokens or not all(type(t) is int and 0 < t <= MAX_TOKENS for t in tokens):
+        why = f"expected a non-empty list of positive integers <= {MAX_TOKENS} (MAX_TOKENS)"
+        raise _fail(path, f"{where}.tokens", tokens, why)
+    _unique(tokens, f"{where}.tokens", path)
     cf = fields.get("capacity_factor")
-    if cf is not None and (not isinstance(cf, (int, float)) or isinstance(cf, bool) or cf <= 0):
-        raise _fail(path, f"{where}.capacity_factor", cf, "expected a number > 0 (omit it for dropless)")
+    if cf is not None and (type(cf) not in (int, float) or not 0 < cf <= MAX_CAPACITY_FACTOR):
+        why = f"expected a number in (0, {MAX_CAPACITY_FACTOR:g}] (omit it for dropless)"
+        raise _fail(path, f"{where}.capacity_factor", cf, why)
+    if not isinstance(fields["shape"], str) or not fields["shape"]:
+        raise _fail(path, f"{where}.name", fields["shape"], "expected a non-empty string")
+    if not isinstance(fields.get("normalize_topk", True), bool):
+        raise _fail(path, f"{where}.normalize_topk", fields["normalize_topk"], "expected true or false")
     try:
         MoEConfig(**{k: fields[k] for k in ("d_model", "d_ff", "num_experts", "top_k", "activation")})
     except ValueError as exc:

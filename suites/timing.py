@@ -35,6 +35,9 @@ CACHE_STATES = ("cold", "warm")
 
 @dataclass(frozen=True)
 class TimingSettings:
+    """A suite's [timing] table. Bounds (checked by suites/spec.py): every *_ms value finite, 0 to 600000;
+    1 <= max_reps <= 100000 and min_reps <= max_reps; every other number finite and >= 0."""
+
     budget_ms: float = field(default=400.0, metadata={"help": "most wall time spent timing one row (<= 600000)"})
     min_time_ms: float = field(default=40.0, metadata={"help": "keep sampling at least this long"})
     warmup_ms: float = field(default=20.0, metadata={"help": "untimed calls first, at least one"})
@@ -83,6 +86,10 @@ class TimingSettings:
             "beyond its budget; past it the row is recorded as `timeout` and the sweep goes on"
         },
     )
+
+    def __post_init__(self) -> None:
+        if self.cache not in CACHE_STATES:
+            raise ValueError(f"cache = {self.cache!r}: expected one of {', '.join(CACHE_STATES)}")
 
 
 @dataclass

@@ -18,6 +18,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -82,8 +83,12 @@ def serve(conn, spec: WorkerSpec) -> None:
         if kind == "stop":
             return
         point, todo, note = payload
-        for row in runner.run(point, todo, note):
-            conn.send(("row", row))
+        try:
+            for row in runner.run(point, todo, note):
+                conn.send(("row", row))
+        except Exception:  # the harness's own failure, not a row's: the runner re-raises it with this traceback
+            conn.send(("internal", traceback.format_exc()))
+            continue
         conn.send(("done", None))
 
 
@@ -93,7 +98,7 @@ class Worker:
     def __init__(self, spec: WorkerSpec) -> None:
         self.spec, self.proc, self.conn = spec, None, None
         self.info: dict | None = None
-        self.starts = 0
+        self.starts, self.busy = 0, False
 
     def start(self) -> dict:
         """Starts a worker if none is alive; returns what it measured at start (peaks, canary, LLC)."""
@@ -118,6 +123,7 @@ class Worker:
         """Rows of `todo` as the worker finishes them; raises WorkerLost if it dies or stalls."""
         self.start()
         self.conn.send(("point", (point, todo, note)))
+        self.busy = True
         stage, rows, limit = "setup", list(todo), self.spec.timing.timeout_s
         while True:
             kind, payload = self._receive(stage, rows, limit)
@@ -126,7 +132,11 @@ class Worker:
             elif kind == "row":
                 yield payload
             elif kind == "done":
+                self.busy = False
                 return
+            elif kind == "internal":
+                self.busy = False
+                raise RuntimeError(f"moe-bench worker failed (a bug in moe-bench, not in a row):\n{payload}")
 
     def _receive(self, stage: str, rows: list[str], limit_s: float):
         if not self.conn.poll(limit_s):
@@ -150,9 +160,11 @@ class Worker:
         if self.conn is not None:
             self.conn.close()
         self.proc = self.conn = None
+        self.busy = False
 
     def close(self) -> None:
-        if self.proc is not None and self.proc.is_alive():
+        """Stops an idle worker politely; one still measuring (Ctrl-C, an error in the runner) is killed."""
+        if self.proc is not None and self.proc.is_alive() and not self.busy:
             try:
                 self.conn.send(("stop", None))
                 self.proc.join(10)

@@ -83,3 +83,15 @@ def test_copies_span_twice_the_last_level_cache_within_the_budget():
     assert _parse_size("32768K\n") == 32 * 2**20 and _parse_size("2M") == 2 * 2**20
     size, source = last_level_cache_bytes(torch.device("cpu"))
     assert size > 0 and source
+
+
+def test_an_unknown_cache_state_is_one_line(tmp_path):
+    from suites import spec
+
+    path = tmp_path / "hot.toml"
+    path.write_text(
+        'impls = ["loop"]\n[timing]\ncache = "hot"\n[[shapes]]\nd_model = 8\nd_ff = 8\nnum_experts = 2\ntop_k = 1\ntokens = [4]\n'
+    )
+    with pytest.raises(spec.SuiteError, match=r"cache = 'hot': expected one of cold, warm") as err:
+        spec.load(str(path))
+    assert "\n" not in str(err.value)
