@@ -1,7 +1,9 @@
 """The `report` and `compare` commands of `moe-bench` (registered by suites/cli.py through COMMAND_MODULES).
 
-Exit codes: report 0 written, 2 unreadable run; compare 0 no regression, 1 a point is significantly slower
-beyond the threshold (or newly fails), 2 bad input. Errors are one line on stderr.
+Exit codes: report 0 written, 2 unreadable run or an output directory it may not write; compare 0 no
+regression, 1 a point is significantly slower beyond the threshold (or newly fails, or is missing from NEW;
+--strict: or was disturbed; --metric counters: a counter broke its rule), 2 bad input. Errors are one line on
+stderr. Numeric options are read as text and checked here, so a bad value is one line too, naming the option.
 """
 
 from __future__ import annotations
@@ -13,7 +15,13 @@ import sys
 def register(subparsers) -> None:
     report = subparsers.add_parser("report", help="render report.md, report.html and the plots of a run directory")
     report.add_argument("results_dir", metavar="RESULTS_DIR", help="run directory holding run.json and results.jsonl")
-    report.add_argument("--out", metavar="DIR", default=None, help="output directory (default RESULTS_DIR/report)")
+    report.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="output directory (default RESULTS_DIR/report): new, empty, or one an earlier report wrote (it holds a "
+        ".moe-bench-report marker); only the files that report wrote are replaced",
+    )
     report.set_defaults(func=run_report)
 
     compare = subparsers.add_parser(
@@ -28,12 +36,19 @@ def register(subparsers) -> None:
     )
     compare.add_argument(
         "--metric",
-        choices=("latency", "ratio"),
+        choices=("latency", "ratio", "counters"),
         default="latency",
-        help="latency: median ms; ratio: median / the same run's flop_matched median (portable across machines)",
+        help="latency: median ms; ratio: median / the same run's flop_matched median (portable across machines); "
+        "counters: exact gate on the deterministic counters (host syncs, ATen ops, FLOPs, bytes; no threshold)",
     )
-    compare.add_argument("--alpha", type=float, default=0.01, help="significance level of the test (default 0.01)")
-    compare.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
+    compare.add_argument("--alpha", default="0.01", help="significance level of the test, in (0, 1) (default 0.01)")
+    compare.add_argument("--seed", default="0", help="seed of the bootstrap resampling, >= 0 (default 0)")
+    compare.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when a point was timed on a disturbed machine in BASE or NEW; without it such a point is "
+        "'ambiguous' (with the reason) and does not fail",
+    )
     compare.set_defaults(func=run_compare)
 
 
@@ -44,23 +59,36 @@ def _fail(command: str, message: str) -> int:
 
 def run_report(args: argparse.Namespace) -> int:
     from reports.load import RunLoadError
+    from reports.outdir import ReportDirError
     from reports.render import render_report
 
     try:
         path = render_report(args.results_dir, args.out)
-    except RunLoadError as exc:
+    except (RunLoadError, ReportDirError) as exc:
         return _fail("report", str(exc))
     print(f"wrote {path} and {path.with_name('report.md')}")
     return 0
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from reports.compare import CompareInputError, compare_runs, parse_threshold
+    from reports.compare import CompareInputError, compare_runs, parse_alpha, parse_seed, parse_threshold
 
     try:
-        comparison = compare_runs(
-            args.base_dir, args.new_dir, parse_threshold(args.threshold), args.metric, alpha=args.alpha, seed=args.seed
-        )
+        threshold, alpha, seed = parse_threshold(args.threshold), parse_alpha(args.alpha), parse_seed(args.seed)
+        if args.metric == "counters":  # exact counts: no threshold, test or seed applies
+            from reports.counters_gate import gate_runs
+
+            comparison = gate_runs(args.base_dir, args.new_dir)
+        else:
+            comparison = compare_runs(
+                args.base_dir,
+                args.new_dir,
+                threshold,
+                args.metric,
+                alpha=alpha,
+                seed=seed,
+                strict=args.strict,
+            )
     except CompareInputError as exc:
         return _fail("compare", str(exc))
     print(comparison.markdown())

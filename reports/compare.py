@@ -7,25 +7,40 @@ threshold; anything else is `ambiguous` (too noisy to tell), which never fails C
 metric latency: change = median(new samples) / median(base samples); test: Mann-Whitney U.
 metric ratio: each row's median over the flop_matched dense median at the same point of the same run, so a
 uniformly faster or slower machine cancels out; test: bootstrap (resampling within each run) of the change.
+
+A point timed on a disturbed machine in BASE or NEW is `ambiguous`, with the reason, whatever its numbers say
+(exit 1 under --strict). A row of BASE that NEW lacks fails: a lost point is no pass. Rows only in NEW are
+listed. Every test runs batched over the rows of equal sample counts, so 200k rows are judged in seconds.
 """
 
 from __future__ import annotations
 
+import math
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from multiprocessing import get_all_start_methods, get_context
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from reports.facets import GROUP_COLUMNS, POINT_COLUMNS, fmt_value, group_label, prefer_routing
-from reports.load import load_run, samples_of
-from reports.stats import bootstrap_medians, bootstrap_p, interval, mann_whitney_u
+from reports.disturbed import reasons_by_point
+from reports.facets import GROUP_COLUMNS, POINT_COLUMNS, fmt_value, group_label, point_key, row_group_labels
+from reports.load import load_run, paused_gc, samples_column
+from reports.match import first_match
+from reports.stats import bootstrap_medians, bootstrap_p, by_sizes, chunks, interval, mann_whitney_u
 from reports.tables import fmt_ms
 
 METRICS = ("latency", "ratio")
 VERDICTS = ("slower", "ambiguous", "faster", "same")
-BROKEN = ("wrong", "oom", "error")
+BROKEN = ("wrong", "oom", "error", "timeout")
 MIN_SAMPLES = 5
 REFERENCE = "flop_matched"
+MAX_LISTED = 50  # rows listed per table of unmatched rows; the rest are counted
+# What a verdict reads; a run's other columns are not loaded (half the time and memory of a 200k-row run).
+COLUMNS = (*POINT_COLUMNS, "point_id", "impl", "family", "status", "error", "samples_ms", "latency_ms_median")
+COLUMNS += ("disturbed", "disturbance")
+PARALLEL_BYTES = 32 * 2**20  # a NEW results file larger than this is read beside BASE, in a second process
 
 
 class CompareInputError(ValueError):
@@ -43,6 +58,7 @@ class PointVerdict:
     p: float
     verdict: str
     note: str = ""
+    disturbed: bool = False
 
 
 @dataclass
@@ -52,15 +68,22 @@ class Comparison:
     alpha: float
     points: list[PointVerdict] = field(default_factory=list)
     broken: list[tuple[str, str, str, str]] = field(default_factory=list)
-    unmatched: tuple[int, int] = (0, 0)
+    only_base: list[tuple[str, str, str]] = field(default_factory=list)  # (point, impl, status in BASE)
+    only_new: list[tuple[str, str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    strict: bool = False
 
     def count(self, verdict: str) -> int:
         return sum(p.verdict == verdict for p in self.points)
 
     @property
+    def disturbed(self) -> int:
+        return sum(p.disturbed for p in self.points)
+
+    @property
     def exit_code(self) -> int:
-        return 1 if self.count("slower") or self.broken else 0
+        lost = self.count("slower") or self.broken or self.only_base
+        return 1 if lost or (self.strict and self.disturbed) else 0
 
     def markdown(self) -> str:
         unit = "ms" if self.metric == "latency" else f"x {REFERENCE}"
@@ -77,7 +100,7 @@ class Comparison:
             )
             verdict = f"**{p.verdict}**" if p.verdict == "slower" else p.verdict
             if p.note:
-                verdict += f" ({p.note})"
+                verdict += f" ({p.note})".replace("|", "\\|")
             ci = f"{p.ci[0]:.3f}-{p.ci[1]:.3f}" if np.isfinite(p.ci[0]) else "-"
             lines.append(f"| {p.point} | {p.impl} | {base} | {new} | {p.change:.3f}x | {ci} | {p.p:.2g} | {verdict} |")
         lines.append("")
@@ -91,14 +114,27 @@ class Comparison:
                 "|---|---|---|---|",
             ]
             lines += [f"| {pt} | {impl} | {st} | {why} |" for pt, impl, st, why in self.broken]
-        only_base, only_new = self.unmatched
-        if only_base or only_new:
-            lines.append(f"\nNot matched: {only_base} rows only in BASE, {only_new} only in NEW.")
+        lines += _listed(self.only_base, "Rows of BASE missing from NEW (a lost row fails the comparison):")
+        lines += _listed(self.only_new, "Rows only in NEW (new points or implementations; not compared):")
         lines += [f"\nNote: {n}" for n in self.notes]
         counts = ", ".join(f"{self.count(v)} {v}" for v in VERDICTS)
         status = "FAIL" if self.exit_code else "PASS"
-        lines.append(f"\n**{status}**: {len(self.points)} compared: {counts}; {len(self.broken)} newly failing.")
+        disturbed = f" ({self.disturbed} of them disturbed, no verdict{'; --strict fails them' * self.strict})"
+        lines.append(
+            f"\n**{status}**: {len(self.points)} compared: {counts}{disturbed * bool(self.disturbed)}; "
+            f"{len(self.broken)} newly failing; {len(self.only_base)} missing from NEW; {len(self.only_new)} only in NEW."
+        )
         return "\n".join(lines) + "\n"
+
+
+def _listed(rows: list[tuple[str, str, str]], title: str) -> list[str]:
+    if not rows:
+        return []
+    lines = ["", title, "", "| point | impl | status |", "|---|---|---|"]
+    lines += [f"| {pt} | {impl} | {status} |" for pt, impl, status in rows[:MAX_LISTED]]
+    if len(rows) > MAX_LISTED:
+        lines.append(f"\n... and {len(rows) - MAX_LISTED} more rows not listed.")
+    return lines
 
 
 def parse_threshold(text: str | float) -> float:
@@ -107,21 +143,40 @@ def parse_threshold(text: str | float) -> float:
     try:
         value = float(raw.rstrip("%"))
     except ValueError:
-        raise CompareInputError(f"expected a threshold such as 5% or 0.05, got {raw!r}") from None
+        raise CompareInputError(f"--threshold: expected a threshold such as 5% or 0.05, got {raw!r}") from None
     if raw.endswith("%") or value > 1:
         value /= 100
-    if not 0 < value < 10:
-        raise CompareInputError(f"expected a positive threshold, got {raw!r}")
+    if not 0 < value < 10:  # also refuses nan and inf
+        raise CompareInputError(f"--threshold: expected a positive finite threshold below 1000%, got {raw!r}")
     return value
+
+
+def parse_alpha(text: str | float) -> float:
+    """The significance level: strictly between 0 and 1 (nan, inf, 0 and 1 would test nothing)."""
+    raw = str(text).strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise CompareInputError(f"--alpha: expected a significance level between 0 and 1 such as 0.01, got {raw!r}")
+    return value
+
+
+def parse_seed(text: str | int) -> int:
+    raw = str(text).strip()
+    if not raw.isdecimal():
+        raise CompareInputError(f"--seed: expected a non-negative integer, got {raw!r}")
+    return int(raw)
 
 
 def compare_runs(base_dir, new_dir, threshold: float = 0.05, metric: str = "latency", **kw) -> Comparison:
     try:
-        base_meta, base = load_run(base_dir)
-        new_meta, new = load_run(new_dir)
+        (base_meta, base), (new_meta, new) = _load_both(Path(base_dir), Path(new_dir))
     except ValueError as exc:
         raise CompareInputError(str(exc)) from None
-    comparison = compare_frames(base, new, threshold, metric, **kw)
+    with paused_gc():
+        comparison = compare_frames(base, new, threshold, metric, **kw)
     devices = [m.get("device_name") or m.get("device") for m in (base_meta, new_meta)]
     if metric == "latency" and devices[0] != devices[1]:
         comparison.notes.append(
@@ -130,11 +185,22 @@ def compare_runs(base_dir, new_dir, threshold: float = 0.05, metric: str = "late
     return comparison
 
 
+def _load_both(base_dir: Path, new_dir: Path) -> tuple[tuple[dict, pd.DataFrame], tuple[dict, pd.DataFrame]]:
+    """Both runs; a large NEW is read in a forked process while this one reads BASE (reading is most of a
+    compare). The worker only parses JSON into a frame; errors come back as the same one-line exceptions."""
+    results = new_dir / "results.jsonl"
+    if results.is_file() and results.stat().st_size > PARALLEL_BYTES and "fork" in get_all_start_methods():
+        with ProcessPoolExecutor(1, mp_context=get_context("fork")) as pool:
+            new = pool.submit(load_run, new_dir, COLUMNS)
+            return load_run(base_dir, COLUMNS), new.result()
+    return load_run(base_dir, COLUMNS), load_run(new_dir, COLUMNS)
+
+
 def _keys(df: pd.DataFrame, by_id: bool) -> list[tuple]:
     if by_id:
-        return list(zip(df["point_id"], df["impl"]))
+        return list(zip(df["point_id"].tolist(), df["impl"].tolist()))
     cols = [*POINT_COLUMNS, "impl"]
-    return [tuple(fmt_value(v) for v in row) for row in df[cols].itertuples(index=False)]
+    return [tuple(fmt_value(v) for v in row) for row in zip(*(df[c].tolist() for c in cols))]
 
 
 def _match(base: pd.DataFrame, new: pd.DataFrame) -> tuple[dict, dict]:
@@ -150,20 +216,29 @@ def _match(base: pd.DataFrame, new: pd.DataFrame) -> tuple[dict, dict]:
 
 
 def _label(row) -> str:
-    key = {c: row[c] for c in GROUP_COLUMNS}
-    return f"{group_label(key)} · T={fmt_value(row['tokens'])} {fmt_value(row['routing'])}"
+    return _point_text(group_label({c: row[c] for c in GROUP_COLUMNS}), row["tokens"], row["routing"])
 
 
-def _reference(df: pd.DataFrame, row) -> pd.Series | None:
-    """The flop_matched row at the same point of the same run: same point_id, else same shape and tokens."""
+def _point_text(group: str, tokens, routing) -> str:
+    return f"{group} · T={fmt_value(tokens)} {fmt_value(routing)}"
+
+
+def _labels(df: pd.DataFrame) -> pd.Series:
+    """`_label` of every row, with one group label computed per group."""
+    texts = [_point_text(*v) for v in zip(row_group_labels(df), df["tokens"], df["routing"])]
+    return pd.Series(texts, index=df.index, dtype=object)
+
+
+def _references(df: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """For each of `rows`, the ok flop_matched row at the same point of `df`: same point_id, else same group
+    and tokens (the same routing first). Columns impl (null where none), samples_ms, latency_ms_median,
+    point_disturbed and the reference's point key."""
     dense = df[(df["impl"] == REFERENCE) & (df["status"] == "ok")]
-    same = dense[dense["point_id"] == row["point_id"]] if pd.notna(row["point_id"]) else dense.iloc[:0]
-    if not len(same):
-        mask = dense["tokens"] == row["tokens"]
-        for c in GROUP_COLUMNS:
-            mask &= (dense[c] == row[c]) | (dense[c].isna() & pd.isna(row[c]))
-        same = prefer_routing(dense[mask], row["routing"])
-    return same.iloc[0] if len(same) else None
+    dense = dense.assign(key=point_key(df)[dense.index], point_id=dense["point_id"].fillna("\0 no id"))
+    left = rows.assign(point_id=rows["point_id"].fillna("\0 without an id"))  # rows without ids never meet
+    group = [*GROUP_COLUMNS, "tokens"]
+    cols = ["impl", "samples_ms", "latency_ms_median", "point_disturbed", "key"]
+    return first_match(left, dense, [["point_id"], [*group, "routing"], group], cols)
 
 
 def compare_frames(
@@ -174,33 +249,110 @@ def compare_frames(
     alpha: float = 0.01,
     n_boot: int = 1000,
     seed: int = 0,
+    strict: bool = False,
 ) -> Comparison:
     if metric not in METRICS:
         raise CompareInputError(f"expected --metric one of {', '.join(METRICS)}, got {metric!r}")
     b_index, n_index = _match(base, new)
-    result = Comparison(metric, threshold, alpha)
-    rng = np.random.default_rng(seed)
+    result = Comparison(metric, threshold, alpha, strict=strict)
     common = [k for k in b_index if k in n_index]
-    result.unmatched = (len(b_index) - len(common), len(n_index) - len(common))
-    for key in common:
-        b, n = base.loc[b_index[key]], new.loc[n_index[key]]
-        if b["status"] != "ok" or n["status"] != "ok":
-            if b["status"] == "ok" and n["status"] in BROKEN:
-                result.broken.append((_label(n), n["impl"], n["status"], n["error"] or "-"))
-            continue
-        if metric == "ratio":
-            if n["impl"] == REFERENCE:
-                continue
-            refs = (_reference(base, b), _reference(new, n))
-            if refs[0] is None or refs[1] is None:
-                result.notes.append(f"{_label(n)} {n['impl']}: no {REFERENCE} reference in both runs, not compared")
-                continue
-            result.points.append(_ratio_verdict(b, n, *refs, threshold, alpha, n_boot, rng))
+    b_labels, n_labels = _labels(base), _labels(new)
+    result.only_base = _listing(base, b_labels, [i for k, i in b_index.items() if k not in n_index])
+    result.only_new = _listing(new, n_labels, [i for k, i in n_index.items() if k not in b_index])
+    b, n = base.loc[[b_index[k] for k in common]], new.loc[[n_index[k] for k in common]]
+    b_ok, n_ok = (b["status"] == "ok").to_numpy(), (n["status"] == "ok").to_numpy()
+    lost = n[b_ok & n["status"].isin(BROKEN).to_numpy()]
+    result.broken = [
+        (n_labels[i], impl, status, error or "-")
+        for i, impl, status, error in zip(lost.index, lost["impl"], lost["status"], lost["error"])
+    ]
+    b, n = b[b_ok & n_ok], n[b_ok & n_ok]
+    sets = _ratio_sets(base, new, b, n, n_labels, result.notes) if metric == "ratio" else [b, n]
+    b, n = sets[0], sets[len(sets) // 2]  # the compared rows; ratio sets hold their references beside them
+    medians, ci, p, tested = _judge([samples_column(f) for f in sets], n_boot, np.random.default_rng(seed))
+    base_value, new_value = _sides(medians)
+    refs = (sets[1], sets[3]) if metric == "ratio" else (None, None)
+    why = [
+        " / ".join(w for w in pair if w)
+        for pair in zip(_why_disturbed("BASE", base, b, refs[0]), _why_disturbed("NEW", new, n, refs[1]))
+    ]
+    for i, (label, impl) in enumerate(zip(n_labels[n.index], n["impl"])):
+        change = new_value[i] / base_value[i]
+        if why[i]:
+            verdict, note = "ambiguous", why[i]
+        elif not tested[i]:
+            verdict, note = "ambiguous", f"fewer than {MIN_SAMPLES} samples"
         else:
-            result.points.append(_latency_verdict(b, n, threshold, alpha, n_boot, rng))
+            verdict, note = _verdict(change, ci[i], p[i], threshold, alpha), ""
+        point = PointVerdict(label, impl, base_value[i], new_value[i], change, ci[i], p[i], verdict, note, bool(why[i]))
+        result.points.append(point)
     if not result.points and not result.broken:
         raise CompareInputError("expected at least one point that succeeded in both BASE and NEW, found none")
     return result
+
+
+def _ratio_sets(base, new, b: pd.DataFrame, n: pd.DataFrame, labels: pd.Series, notes: list[str]) -> list:
+    """[b, b's reference, n, n's reference] over the rows of b and n (paired) that have a flop_matched reference
+    in both runs; the reference rows themselves are not compared. A note counts the rows left out."""
+    keep = (n["impl"] != REFERENCE).to_numpy()
+    b, n = b[keep], n[keep]
+    b_ref, n_ref = _references(base, b), _references(new, n)
+    has = (b_ref["impl"].notna() & n_ref["impl"].notna()).to_numpy()
+    if not has.all():
+        first = n.index[~has][0]
+        notes.append(
+            f"{int((~has).sum())} rows have no {REFERENCE} reference in both runs and were not compared "
+            f"(e.g. {labels[first]} {n.at[first, 'impl']})"
+        )
+    return [b[has], b_ref[has], n[has], n_ref[has]]
+
+
+def _listing(df: pd.DataFrame, labels: pd.Series, index: list) -> list[tuple[str, str, str]]:
+    return [(labels[i], df.at[i, "impl"], df.at[i, "status"]) for i in index]
+
+
+def _judge(sets: list[list[np.ndarray]], n_boot: int, rng: np.random.Generator):
+    """(medians [sets, P], 95% CI of the change per row, p [P], tested [P]), batched over equal sample counts.
+
+    sets: [base, new] (latency: Mann-Whitney U) or [base, base ref, new, new ref] (ratio: bootstrap p). A row
+    with fewer than MIN_SAMPLES samples in any set is not tested: nan interval, p = 1, tested False.
+    """
+    size = len(sets[0])
+    medians = np.full((len(sets), size), np.nan)
+    lo, hi, p, tested = np.full(size, np.nan), np.full(size, np.nan), np.ones(size), np.zeros(size, dtype=bool)
+    for sizes, index in by_sizes(sets).items():
+        for chunk in chunks(index):
+            mats = [np.stack([s[i] for i in chunk]) for s in sets]
+            medians[:, chunk] = [np.median(m, axis=1) if m.shape[1] else np.nan for m in mats]
+            if min(sizes) < MIN_SAMPLES:
+                continue
+            base, new = _sides([bootstrap_medians(m, n_boot, rng) for m in mats])
+            change = new / base
+            lo[chunk], hi[chunk] = interval(change)
+            p[chunk] = mann_whitney_u(mats[0], mats[1])[1] if len(sets) == 2 else bootstrap_p(change)
+            tested[chunk] = True
+    return medians, list(zip(lo, hi)), p, tested
+
+
+def _sides(values):
+    """(base, new) of the compared quantity from the medians of each set: latency, or latency / reference."""
+    if len(values) == 2:
+        return values[0], values[1]
+    return values[0] / values[1], values[2] / values[3]
+
+
+def _why_disturbed(side: str, df: pd.DataFrame, rows: pd.DataFrame, refs: pd.DataFrame | None) -> list[str]:
+    """Per row of `rows`: 'disturbed in SIDE: why' when its point or its reference's was disturbed, else ''."""
+    reasons = reasons_by_point(df)
+    if not reasons:
+        return [""] * len(rows)
+    keys = point_key(df)[rows.index]
+    ref_keys = refs["key"] if refs is not None else [None] * len(rows)
+    out = []
+    for key, ref_key in zip(keys, ref_keys):
+        found = [reasons[k] for k in dict.fromkeys((key, ref_key)) if k in reasons]
+        out.append(f"disturbed in {side}: {'; '.join(found)}" if found else "")
+    return out
 
 
 def _verdict(change: float, ci: tuple[float, float], p: float, threshold: float, alpha: float) -> str:
@@ -212,37 +364,3 @@ def _verdict(change: float, ci: tuple[float, float], p: float, threshold: float,
     if lo <= ci[0] and ci[1] <= hi:
         return "same"
     return "ambiguous"
-
-
-def _latency_verdict(b, n, threshold, alpha, n_boot, rng) -> PointVerdict:
-    x, y = samples_of(b), samples_of(n)
-
-    def test() -> tuple[tuple[float, float], float]:
-        ratios = bootstrap_medians(y, n_boot, rng) / bootstrap_medians(x, n_boot, rng)
-        return interval(ratios), mann_whitney_u(x, y)[1]
-
-    return _point(n, float(np.median(x)), float(np.median(y)), (x, y), test, threshold, alpha)
-
-
-def _ratio_verdict(b, n, b_ref, n_ref, threshold, alpha, n_boot, rng) -> PointVerdict:
-    sets = [samples_of(r) for r in (b, b_ref, n, n_ref)]
-
-    def test() -> tuple[tuple[float, float], float]:
-        m = [bootstrap_medians(s, n_boot, rng) for s in sets]
-        ratios = (m[2] / m[3]) / (m[0] / m[1])
-        return interval(ratios), bootstrap_p(ratios)
-
-    base_ratio = float(np.median(sets[0]) / np.median(sets[1]))
-    new_ratio = float(np.median(sets[2]) / np.median(sets[3]))
-    return _point(n, base_ratio, new_ratio, sets, test, threshold, alpha)
-
-
-def _point(n, base: float, new: float, sets, test, threshold: float, alpha: float) -> PointVerdict:
-    """Run `test` -> (95% CI of the change, p) unless a sample set is too small to test at all."""
-    change = new / base
-    if min(len(s) for s in sets) < MIN_SAMPLES:
-        nan = (float("nan"), float("nan"))
-        note = f"fewer than {MIN_SAMPLES} samples"
-        return PointVerdict(_label(n), n["impl"], base, new, change, nan, 1.0, "ambiguous", note)
-    ci, p = test()
-    return PointVerdict(_label(n), n["impl"], base, new, change, ci, p, _verdict(change, ci, p, threshold, alpha))

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from reports.document import Block, Heading, Image, Para, Table, to_markdown
-from reports.plots.style import new_figure, save
+from reports.load import read_rows
+from reports.plots.style import new_figure, save, tex
 
 EP_IMPL = "expert_parallel"
 STAGES = ("routing", "dispatch", "compute", "combine")
@@ -27,8 +28,8 @@ def _ep_rows(results_dir: Path) -> list[dict]:
     path = results_dir / "results.jsonl"
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r.get("impl") == EP_IMPL]
+    # The lines read_rows leaves out were reported by load_run, which the report calls first.
+    return [r for r in read_rows(path, ignored=[], mentioning=f'"{EP_IMPL}"') if r.get("impl") == EP_IMPL]
 
 
 def _groups(rows: list[dict]) -> dict[tuple, list[dict]]:
@@ -124,7 +125,7 @@ def _split_plot(groups: dict[tuple, list[dict]], out_dir: Path) -> Image:
         ax.set_xticks(x, [str(r["world_size"]) for r in runs])
         ax.set_xlabel("ranks")
         ax.set_ylabel("ms per forward (slowest rank)")
-        ax.set_title(_label(key), fontsize=9)
+        ax.set_title(tex(_label(key)), fontsize=9)
     for ax in flat[n:]:
         ax.set_visible(False)
     flat[0].legend(fontsize=8)
@@ -141,8 +142,8 @@ def _bytes_plot(groups: dict[tuple, list[dict]], out_dir: Path) -> Image:
     ax_bytes, ax_imb = axes[0]
     for key, runs in groups.items():
         w = [r["world_size"] for r in runs]
-        ax_bytes.plot(w, [np.mean(r["rank_bytes_sent"]) / 1024 for r in runs], marker="o", label=_label(key))
-        ax_imb.plot(w, [r.get("rank_imbalance") or np.nan for r in runs], marker="o", label=_label(key))
+        ax_bytes.plot(w, [np.mean(r["rank_bytes_sent"]) / 1024 for r in runs], marker="o", label=tex(_label(key)))
+        ax_imb.plot(w, [r.get("rank_imbalance") or np.nan for r in runs], marker="o", label=tex(_label(key)))
     ax_bytes.set_xlabel("ranks")
     ax_bytes.set_ylabel("KiB sent per rank per forward")
     ax_imb.set_xlabel("ranks")

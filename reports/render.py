@@ -1,6 +1,7 @@
 """`render_report(run_dir)`: one run's results as report.md + a self-contained report.html + the PNGs.
 
-It only reads `run.json` and `results.jsonl`; it never runs a benchmark and never reads reports/gallery.
+It only reads `run.json` and `results.jsonl`; it never runs a benchmark and never reads reports/gallery. It
+writes only where reports.outdir allows, and opens with a banner when points were timed on a disturbed machine.
 """
 
 from __future__ import annotations
@@ -10,36 +11,60 @@ from pathlib import Path
 import pandas as pd
 
 from reports import tables
+from reports.disturbed import banner
 from reports.document import Block, Heading, Image, Para, Table, to_html, to_markdown
 from reports.ep import ep_blocks
-from reports.facets import split_groups
+from reports.facets import Group, group_index, split_groups
 from reports.load import LIST_COLUMNS, load_run
-from reports.plots import make_plots
+from reports.outdir import claim, record
+from reports.plots import GroupPlots, make_plots
 from suites.schema import STATUSES
+
+MAX_PLOTTED_GROUPS = 8  # a huge sweep renders in a minute: later groups are shown by their tables, and said so
+CACHE_STATES = {
+    "cold": "weights and inputs out of cache at every call",
+    "warm": "calls back to back on the same weights and inputs, which stay in cache as far as they fit",
+}
 
 
 def render_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Path:
     """Write report.md, report.html, results.csv and the plots into `out_dir` (default RUN_DIR/report).
 
-    Returns the path of report.html. Raises reports.load.RunLoadError (one line) on an unreadable run.
+    Returns the path of report.html. Raises reports.load.RunLoadError (one line) on an unreadable run and
+    reports.outdir.ReportDirError (one line) for an output directory it may not write into.
     """
     run_dir = Path(run_dir)
     meta, df = load_run(run_dir)
-    out = Path(out_dir) if out_dir is not None else run_dir / "report"
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("g*_*.png"):
-        stale.unlink()
+    default = run_dir / "report"
+    out = Path(out_dir) if out_dir is not None else default
+    claim(out, default=out.resolve() == default.resolve())
 
     groups = split_groups(df)
-    plotted = make_plots(meta, groups, out)
+    per_group = df.assign(group=group_index(df))
+    drawn, made = make_plots(
+        meta,
+        groups[:MAX_PLOTTED_GROUPS],
+        out,
+        meanwhile=lambda: [tables.winners(per_group), tables.versus_peers(per_group), tables.versus_dense(per_group)],
+    )
+    plotted = {gp.group.index: gp for gp in drawn}
     labels = {i: g.label for g in groups for i in g.df.index}
 
-    blocks: list[Block] = [*header(meta, run_dir, df)]
+    blocks: list[Block] = [*banner(df, labels), *header(meta, run_dir, df)]
     if not len(df):
         blocks.append(Para("results.jsonl has no rows: nothing was measured.", note=True))
     if len(df) and not (df["status"] == "ok").any():
         blocks.append(Para("No point succeeded: there is nothing to plot; see the problems below.", note=True))
-    energy_skips = [reason for gp in plotted for name, reason in gp.skipped if name == "energy"]
+    if len(groups) > MAX_PLOTTED_GROUPS:
+        left_out = len(groups) - MAX_PLOTTED_GROUPS
+        blocks.append(
+            Para(
+                f"Plots are drawn for the first {MAX_PLOTTED_GROUPS} of {len(groups)} groups; the other {left_out} "
+                "groups are shown by their tables only (every row is in results.csv).",
+                note=True,
+            )
+        )
+    energy_skips = [reason for gp in plotted.values() for name, reason in gp.skipped if name == "energy"]
     all_energy_missing = len(energy_skips) == len(plotted)
     if plotted and all_energy_missing:
         notes = sorted(set(df["energy_note"].dropna()))
@@ -48,38 +73,46 @@ def render_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Pat
         )
 
     blocks += problems_section(df, labels)
-    for gp in plotted:
-        g = gp.group
-        blocks.append(Heading(g.label, 2))
-        counts = g.df["status"].value_counts()
-        blocks.append(Para(f"{len(g.df)} rows: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES) + "."))
-        headers, rows = tables.winners(g)
-        if rows:
-            blocks.append(
-                Table(headers, rows, "Fastest MoE implementation per point (margin = runner-up / winner - 1)")
-            )
-        headers, rows = tables.versus_peers(g)
-        if rows:
-            blocks.append(
-                Table(headers, rows, "Our fastest vs the fastest transformers implementation (below 1: ours faster)")
-            )
-        headers, rows = tables.versus_dense(g)
-        if rows:
-            blocks.append(Table(headers, rows, "Each MoE implementation vs the dense baselines (above 1x: MoE faster)"))
-        for f in gp.files:
-            blocks.append(Image(f.path, f.title, f.caption))
-        for name, reason in gp.skipped:
-            if name == "energy" and all_energy_missing:
-                continue
-            blocks.append(Para(f"{name} plot skipped: {reason}.", note=True))
+    for g in groups:
+        found = [(headers, rows.get(g.index, [])) for headers, rows in made]
+        blocks += group_blocks(g, found, plotted.get(g.index), all_energy_missing)
 
     blocks += ep_blocks(run_dir, out)
     title = f"moe-bench report: {meta.get('suite', '?')} on {meta.get('device_name') or meta.get('device', '?')}"
-    (out / "report.md").write_text(f"# {title}\n\n" + to_markdown(blocks, out))
-    html_path = out / "report.html"
-    html_path.write_text(to_html(blocks, title))
-    df.drop(columns=list(LIST_COLUMNS)).to_csv(out / "results.csv", index=False)
-    return html_path
+    written = [out / "report.md", out / "report.html", out / "results.csv"]
+    written[0].write_text(f"# {title}\n\n" + to_markdown(blocks, out))
+    written[1].write_text(to_html(blocks, title))
+    csv = df.drop(columns=list(LIST_COLUMNS)).assign(disturbance=df["disturbance"].map(_one_line))
+    csv.to_csv(written[2], index=False)
+    record(out, [*written, *(b.path for b in blocks if isinstance(b, Image))])
+    return written[1]
+
+
+def _one_line(lines: list[str] | None) -> str | None:
+    return "; ".join(lines) if lines else None
+
+
+TABLE_CAPTIONS = (
+    "Fastest MoE implementation per point (margin = runner-up / winner - 1)",
+    "Our fastest vs the fastest transformers implementation (below 1: ours faster)",
+    "Each MoE implementation vs the dense baselines (above 1x: MoE faster)",
+)
+
+
+def group_blocks(g: Group, found: list[tuple], plots: GroupPlots | None, all_energy_missing: bool) -> list[Block]:
+    """One group's section: its counts, its tables (`found`: headers and rows of each) and its plots."""
+    blocks: list[Block] = [Heading(g.label, 2)]
+    counts = g.df["status"].value_counts()
+    blocks.append(Para(f"{len(g.df)} rows: " + ", ".join(f"{counts.get(s, 0)} {s}" for s in STATUSES) + "."))
+    blocks += [Table(headers, rows, caption) for (headers, rows), caption in zip(found, TABLE_CAPTIONS) if rows]
+    if plots is None:
+        blocks.append(Para(f"Plots not drawn: only the first {MAX_PLOTTED_GROUPS} groups are plotted.", note=True))
+        return blocks
+    blocks += [Image(f.path, f.title, f.caption) for f in plots.files]
+    for name, reason in plots.skipped:
+        if not (name == "energy" and all_energy_missing):
+            blocks.append(Para(f"{name} plot skipped: {reason}.", note=True))
+    return blocks
 
 
 def header(meta: dict, run_dir: Path, df: pd.DataFrame) -> list[Block]:
@@ -98,6 +131,7 @@ def header(meta: dict, run_dir: Path, df: pd.DataFrame) -> list[Block]:
         ("commit", str(meta.get("git_commit", "-"))),
         ("date", f"{meta.get('started', '-')} to {meta.get('finished', '-')}"),
         ("timers", ", ".join(sorted(set(df["timer"].dropna()))) or "-"),
+        ("cache", cache_state(meta, df)),
         ("rows", f"{len(df)} ({int((df['status'] == 'ok').sum()) if len(df) else 0} ok)"),
     ]
     blocks: list[Block] = [Heading("Environment"), Table(["", ""], [[k, v] for k, v in env])]
@@ -111,11 +145,32 @@ def header(meta: dict, run_dir: Path, df: pd.DataFrame) -> list[Block]:
     return blocks
 
 
+def cache_state(meta: dict, df: pd.DataFrame) -> str:
+    """The cache state the rows were timed in (the rows' `cache`), beside the suite's setting when they differ."""
+    timing = meta.get("timing") if isinstance(meta.get("timing"), dict) else {}
+    setting = timing.get("cache")
+    states = df.loc[df["status"] == "ok", "cache"].dropna().value_counts()
+    if not len(states):
+        return f"not recorded in the rows (suite setting: {setting})" if setting else "not recorded in this run"
+    shown = [f"{state}: {CACHE_STATES.get(state, 'as the runner recorded it')}" for state in states.index]
+    if len(states) > 1:
+        shown = [f"{text} ({count} rows)" for text, count in zip(shown, states)]
+    text = "; ".join(shown)
+    if setting and set(states.index) != {setting}:
+        text += f" (the suite asked for {setting})"
+    if "cache_note" in df and df["cache_note"].notna().any():
+        notes = df["cache_note"].dropna()
+        text += f"; {len(notes)} rows not fully so (e.g. {notes.iloc[0]}; see results.csv cache_note)"
+    return text
+
+
 def problems_section(df: pd.DataFrame, labels: dict[int, str]) -> list[Block]:
     headers, rows = tables.problems(df, labels)
     blocks: list[Block] = [Heading("Points without a timing")]
     if rows:
-        blocks.append(Para(f"{len(rows)} of {len(df)} rows did not produce a timing (wrong, oom, error or skipped):"))
+        blocks.append(
+            Para(f"{len(rows)} of {len(df)} rows did not produce a timing (wrong, oom, error, timeout or skipped):")
+        )
         blocks.append(Table(headers, rows))
     else:
         blocks.append(Para("None: every point produced a timing."))

@@ -193,8 +193,9 @@ def summary_table(out: Path, max_rows: int = 40) -> str:
     df = pd.read_json(out / "results.jsonl", lines=True)
     if df.empty:
         return "(no rows)"
-    cell = df["latency_ms_median"].map(lambda v: f"{v:.3g}" if pd.notna(v) else "")
-    df["cell"] = cell.where(df["status"] == "ok", df["status"])
+    medians = df["latency_ms_median"] if "latency_ms_median" in df else pd.Series(float("nan"), index=df.index)
+    cell = medians.map(lambda v: f"{v:.3g}" if pd.notna(v) else "")
+    df["cell"] = cell.where(df["status"] == "ok", df["status"])  # a run where no row was timed shows statuses
     keys = ["shape", "tokens", "dtype", "mode", "routing"]
     table = df.pivot_table(index=keys, columns="impl", values="cell", aggfunc="first", sort=False)
     text = table.to_string(max_rows=max_rows)

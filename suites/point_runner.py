@@ -32,7 +32,7 @@ from suites.nvml import NVML
 from suites.spec import Point
 from suites.stats import Stats
 from suites.steadiness import Thresholds, Window, canary_verdict, cpu_verdict, gpu_verdict
-from suites.timing import Timed, Timing, TimingSettings, time_fn, time_rows
+from suites.timing import Timed, Timing, TimingSettings, time_rows
 
 # max |impl - reference| allowed, relative to the reference's largest magnitude
 RTOL = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 5e-3}
@@ -103,7 +103,8 @@ class PointRunner:
         self.thresholds = Thresholds.of(timing)
         self.llc_bytes, self.llc_source = last_level_cache_bytes(device)
         self._weights: tuple[tuple, MoEWeights] | None = None  # the last point's weights, reused at equal shape
-        self.peaks = peaks if peaks is not None else measure_peaks(device, [getattr(torch, d) for d in dtypes])
+        measured = dict.fromkeys(("float32", *dtypes))  # float32 always: the canary is sized from its peak
+        self.peaks = peaks if peaks is not None else measure_peaks(device, [getattr(torch, d) for d in measured])
         self._canary_fns = self._canary()
         self.canary_baseline_ms = canary_ms if canary_ms is not None else self._canary_alone()
 
@@ -239,19 +240,15 @@ class PointRunner:
         return timings, steadiness
 
     def _canary(self) -> list[Callable[[], object]]:
-        """A square fp32 matmul grown until one call takes about CANARY_MS, with copies spanning 2 x the LLC
-        in cold mode so that it sees the same cache state as the rows beside it."""
-        n = 64
-        while True:
-            a = torch.randn(n, n, device=self.device)
-            fn = _mm(a, a.clone())
-            ms = min(time_fn(fn, self.device, _QUICK).samples_ms)
-            if ms >= CANARY_MS / 2 or n >= 16384:
-                break
-            n *= 2
+        """A square fp32 matmul sized from the measured fp32 peak to take about CANARY_MS (the peak is a best
+        sample, so a busy start-up does not shrink it), with copies spanning 2 x the LLC in cold CPU mode so that
+        it sees the same cache state as the rows beside it."""
+        flops = self.peaks["matmul_tflops"]["float32"] * 1e12 * CANARY_MS * 1e-3
+        n = max(64, min(16384, round((flops / 2) ** (1 / 3) / 64) * 64))
+        a = torch.randn(n, n, device=self.device)
         plan = plan_copies(2 * a.numel() * 4, self.llc_bytes, int(self.timing.cold_max_mb * 2**20) // 8)
         count = plan.copies if self.timing.cache == "cold" and self.device.type == "cpu" else 1
-        return [fn] + [_mm(a.clone(), a.clone()) for _ in range(count - 1)]
+        return [_mm(a, a.clone())] + [_mm(a.clone(), a.clone()) for _ in range(count - 1)]
 
     def _canary_alone(self) -> float:
         timing = time_rows({CANARY: Timed(self._canary_fns, pool=CANARY)}, self.device, self.timing)[CANARY]
@@ -486,9 +483,6 @@ class PointRunner:
         except ROW_FAILURES as exc:
             return None, f"energy loop failed: {one_line(exc)}"
         return energy.joules_per_call, energy.note
-
-
-_QUICK = TimingSettings(budget_ms=30, min_time_ms=10, warmup_ms=5, min_reps=3, block_ms=1)
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor) -> Callable[[], object]:

@@ -71,7 +71,7 @@ class TimingSettings:
     )
     disturb_steal: float = field(default=0.05, metadata={"help": "disturbed past this fraction of steal time"})
     disturb_ctx_switches_per_s: float = field(
-        default=500.0, metadata={"help": "disturbed past this many involuntary context switches per second"}
+        default=200.0, metadata={"help": "disturbed past this many involuntary context switches per second"}
     )
     disturb_canary_drift: float = field(
         default=0.15, metadata={"help": "disturbed when the canary's median moved more than this from its start"}

@@ -12,7 +12,7 @@ import numpy as np
 
 from reports.facets import Group, fmt_value
 from reports.plots.skew import pick_tokens, routings_by_skew
-from reports.plots.style import PlotFile, new_figure, save
+from reports.plots.style import HATCH, PlotFile, legend, new_figure, save, tex
 
 MAX_PANELS = 4
 
@@ -31,17 +31,24 @@ def plot(group: Group, meta: dict, out_dir: Path) -> PlotFile | str:
     firsts = at.drop_duplicates("routing")
     routings = routings_by_skew(firsts.assign(routing=firsts["routing"].fillna("-")))[1][:MAX_PANELS]
     fig, axes = new_figure(ncols=len(routings), width=4.0 if len(routings) > 1 else 6.4, sharey=True)
+    disturbed = False
     for ax, routing in zip(axes[0], routings):
         row = firsts[firsts["routing"].fillna("-") == routing].iloc[0]
         counts = np.asarray(row["tokens_per_expert"], dtype=float)
-        ax.bar(np.arange(len(counts)), counts, color="#4c72b0")
+        mark = bool(row["point_disturbed"])
+        ax.bar(np.arange(len(counts)), counts, color="#4c72b0", hatch=HATCH if mark else None)
+        disturbed |= mark
         ax.axhline(counts.mean(), color="black", ls="--", lw=0.8, label="mean")
         cv = counts.std() / counts.mean() if counts.mean() > 0 else float("nan")
-        ax.set_title(f"{routing}\nCV {cv:.2f} · max/mean {counts.max() / max(counts.mean(), 1e-12):.2f}", fontsize=9)
+        ax.set_title(
+            f"{tex(routing)}\nCV {cv:.2f} · max/mean {counts.max() / max(counts.mean(), 1e-12):.2f}", fontsize=9
+        )
         ax.set_xlabel("expert index")
         ax.grid(True, axis="y", alpha=0.3)
     axes[0, 0].set_ylabel("assignments (tokens routed to the expert)")
-    axes[0, 0].legend(fontsize=8)
-    fig.suptitle(f"Tokens per expert at T = {fmt_value(tokens)}\n{group.label}", fontsize=10)
+    legend(axes[0, 0], "hatch" if disturbed else None, fontsize=8)
+    fig.suptitle(f"Tokens per expert at T = {fmt_value(tokens)}\n{tex(group.label)}", fontsize=10)
     caption = "Assignments each expert computed for the timed input (top_k per token), with the mean as reference."
+    if disturbed:
+        caption += " Hatched: a point timed on a disturbed machine (its counts hold; its timings are no finding)."
     return save(fig, out_dir / f"{group.slug}_experts.png", "Tokens per expert", caption)

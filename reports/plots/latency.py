@@ -1,6 +1,7 @@
 """Latency distributions: one box per implementation (raw samples_ms), small multiples over a few token counts.
 
-Boxes are the quartiles, whiskers Tukey's 1.5 IQR rule, dots the outliers beyond them.
+Boxes are the quartiles, whiskers Tukey's 1.5 IQR rule, dots the outliers beyond them; hatched boxes were timed
+on a disturbed machine.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 
 from reports.facets import Group, fmt_value
 from reports.load import samples_of
-from reports.plots.style import PlotFile, colour, new_figure, order_impls, plain_log_axis, save
+from reports.plots.style import HATCH, PlotFile, colour, legend, new_figure, order_impls, plain_log_axis, save, tex
 
 MAX_PANELS = 4
 
@@ -31,20 +32,25 @@ def plot(group: Group, meta: dict, out_dir: Path) -> PlotFile | str:
     if not tokens:
         return "no successful points"
     fig, axes = new_figure(ncols=len(tokens), width=3.6 if len(tokens) > 1 else 6.4)
+    disturbed = False
     for ax, t in zip(axes[0], tokens):
-        data, names = [], []
+        data, names, marked = [], [], []
         for impl, line in lines.items():
             rows = line[line["tokens"] == t]
             if len(rows):
                 data.append(samples_of(rows.iloc[0]))
                 names.append(impl)
+                marked.append(bool(rows["point_disturbed"].iloc[0]))
         box = ax.boxplot(
             data, patch_artist=True, widths=0.6, flierprops={"markersize": 2}, medianprops={"color": "black"}
         )
-        for patch, impl in zip(box["boxes"], names):
+        for patch, impl, mark in zip(box["boxes"], names, marked):
             patch.set_facecolor(colour(impl, impls))
             patch.set_alpha(0.6)
-        ax.set_xticks(range(1, len(names) + 1), names, rotation=45, ha="right", fontsize=8)
+            if mark:
+                patch.set_hatch(HATCH)
+        disturbed |= any(marked)
+        ax.set_xticks(range(1, len(names) + 1), [tex(n) for n in names], rotation=45, ha="right", fontsize=8)
         ax.set_title(f"T = {fmt_value(t)}", fontsize=9)
         ax.set_ylabel("latency per call (ms)")
         values = np.concatenate(data) if data else np.array([])
@@ -52,6 +58,9 @@ def plot(group: Group, meta: dict, out_dir: Path) -> PlotFile | str:
             ax.set_yscale("log")
             plain_log_axis(ax.yaxis)
         ax.grid(True, axis="y", alpha=0.3)
-    fig.suptitle(f"Latency distribution\n{group.label} · routing {group.base_routing or '-'}", fontsize=10)
+    fig.suptitle(f"Latency distribution\n{tex(group.label)} · routing {tex(group.base_routing or '-')}", fontsize=10)
     caption = "Every timed repetition: boxes are quartiles, whiskers 1.5 IQR, dots outliers."
+    if disturbed:
+        legend(axes[0, -1], "hatch", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        caption += " Hatched: timed on a disturbed machine (no finding)."
     return save(fig, out_dir / f"{group.slug}_latency.png", "Latency distribution", caption)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from reports.facets import Group
-from reports.plots.style import PlotFile, colour, new_figure, order_impls, save
+from reports.plots.style import PlotFile, colour, legend, new_figure, order_impls, save, tex
 
 
 def ceilings(meta: dict, dtype: str | None) -> tuple[float | None, float | None]:
@@ -32,7 +32,9 @@ def plot(group: Group, meta: dict, out_dir: Path) -> PlotFile | str:
     for impl in impls:
         rows = ok[ok["impl"] == impl]
         marker = "s" if impl in ("param_matched", "flop_matched") else "o"
-        ax.scatter(rows["arith_intensity"], rows["tflops"], s=22, marker=marker, color=colour(impl, impls), label=impl)
+        c = colour(impl, impls)
+        faces = np.where(rows["point_disturbed"].to_numpy(dtype=bool), "white", c)  # hollow: disturbed point
+        ax.scatter(rows["arith_intensity"], rows["tflops"], s=22, marker=marker, c=faces, edgecolors=c, label=tex(impl))
     peak, bandwidth = ceilings(meta, group.dtype())
     lo, hi = ok["arith_intensity"].min() / 4, ok["arith_intensity"].max() * 4
     notes = []
@@ -63,9 +65,12 @@ def plot(group: Group, meta: dict, out_dir: Path) -> PlotFile | str:
     ax.set_ylabel("achieved TFLOP/s")
     peaks_text = f"peak {peak:.3g} TFLOP/s" if peak else "no matmul peak"
     bw_text = f"{bandwidth:.4g} GB/s" if bandwidth else "no bandwidth"
-    ax.set_title(f"Roofline ({peaks_text}, {bw_text}, measured this run)\n{group.label}", fontsize=10)
+    ax.set_title(f"Roofline ({peaks_text}, {bw_text}, measured this run)\n{tex(group.label)}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
+    disturbed = bool(ok["point_disturbed"].any())
+    legend(ax, "marker" if disturbed else None, fontsize=8)
+    if disturbed:
+        notes.append("hollow markers: points timed on a disturbed machine (no finding)")
     caption = (
         "Each successful point; the line is min(matmul peak, bandwidth x intensity) measured at the start of the run."
     )

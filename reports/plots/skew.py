@@ -12,7 +12,7 @@ import numpy as np
 
 from reports.facets import Group, fmt_value
 from reports.load import latency_band
-from reports.plots.style import PlotFile, colour, mark_missing, new_figure, order_impls, save
+from reports.plots.style import HATCH, PlotFile, colour, legend, mark_missing, new_figure, order_impls, save, tex
 
 
 def pick_tokens(group: Group) -> float | None:
@@ -42,8 +42,9 @@ def plot(group: Group, meta: dict, out_dir: Path) -> PlotFile | str:
     fig, axes = new_figure(width=7.0)
     ax = axes[0, 0]
     width = 0.8 / max(len(impls), 1)
+    disturbed = False
     for i, impl in enumerate(impls):
-        x, med, err_lo, err_hi = [], [], [], []
+        x, med, err_lo, err_hi, marked = [], [], [], [], []
         for j, routing in enumerate(routings):
             r = rows[(rows["impl"] == impl) & (rows["routing"] == routing)]
             if not len(r):
@@ -57,13 +58,20 @@ def plot(group: Group, meta: dict, out_dir: Path) -> PlotFile | str:
             med.append(tput)
             err_lo.append(tput - tokens / (p90 / 1e3))
             err_hi.append(tokens / (p10 / 1e3) - tput)
-        ax.bar(x, med, width, yerr=[err_lo, err_hi], color=colour(impl, impls), label=impl, capsize=2)
-    labels = [f"{r}\nmax/mean {skew[r]:.2f}" if np.isfinite(skew[r]) else r for r in routings]
+            marked.append(bool(r["point_disturbed"].iloc[0]))
+        bars = ax.bar(x, med, width, yerr=[err_lo, err_hi], color=colour(impl, impls), label=tex(impl), capsize=2)
+        for bar, mark in zip(bars, marked):
+            if mark:
+                bar.set_hatch(HATCH)
+        disturbed |= any(marked)
+    labels = [tex(f"{r}\nmax/mean {skew[r]:.2f}" if np.isfinite(skew[r]) else r) for r in routings]
     ax.set_xticks(range(len(routings)), labels, fontsize=7, rotation=20, ha="right")
     ax.set_xlabel("routing (ordered by measured max/mean tokens per expert)")
     ax.set_ylabel("throughput (tokens/s)")
-    ax.set_title(f"Throughput vs routing skew at T = {fmt_value(tokens)}\n{group.label}", fontsize=10)
+    ax.set_title(f"Throughput vs routing skew at T = {fmt_value(tokens)}\n{tex(group.label)}", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    legend(ax, "hatch" if disturbed else None, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     caption = "Median tokens/s per routing, error bars p10-p90 of the raw samples. Dense baselines ignore routing."
+    if disturbed:
+        caption += " Hatched: timed on a disturbed machine (no finding)."
     return save(fig, out_dir / f"{group.slug}_skew.png", "Throughput vs routing skew", caption)

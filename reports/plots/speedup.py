@@ -12,14 +12,21 @@ from pathlib import Path
 import pandas as pd
 
 from reports.facets import Group
-from reports.plots.style import PlotFile, colour, linestyle, new_figure, order_impls, plain_log_axis, save
+from reports.plots.style import PlotFile, impl_line, legend, new_figure, order_impls, plain_log_axis, save, tex
 
 
-def ratio_line(group: Group, impl: str, reference: str) -> pd.Series:
-    """reference median / impl median per tokens (index: tokens), only where both were measured."""
-    mine = group.line(impl).set_index("tokens")["latency_ms_median"]
-    ref = group.line(reference).set_index("tokens")["latency_ms_median"]
-    return (ref / mine).dropna()
+def ratio_line(group: Group, impl: str, reference: str) -> pd.DataFrame:
+    """Per tokens (index), `ratio` = reference median / impl median where both were measured, and `disturbed`:
+    whether either point was timed on a disturbed machine."""
+    mine = group.line(impl).set_index("tokens")
+    ref = group.line(reference).set_index("tokens")
+    out = pd.DataFrame(
+        {
+            "ratio": ref["latency_ms_median"] / mine["latency_ms_median"],
+            "disturbed": ref["point_disturbed"].astype(bool) | mine["point_disturbed"].astype(bool),
+        }
+    )
+    return out[out["ratio"].notna()]
 
 
 def plot(group: Group, meta: dict, out_dir: Path) -> PlotFile | str:
@@ -29,18 +36,18 @@ def plot(group: Group, meta: dict, out_dir: Path) -> PlotFile | str:
         ("flop_matched", "efficiency vs flop_matched dense (x)", "Efficiency vs FLOP-matched dense", impls),
     ]
     fig, axes = new_figure(ncols=2, width=5.2)
-    drawn = 0
+    drawn, disturbed = 0, False
     for ax, (reference, ylabel, title, names) in zip(axes[0], panels):
+        marked_here = False
         for impl in names:
             if impl == reference:
                 continue
-            ratio = ratio_line(group, impl, reference)
-            if not len(ratio):
+            line = ratio_line(group, impl, reference)
+            if not len(line):
                 continue
-            ax.plot(
-                ratio.index, ratio.to_numpy(), linestyle(impl), marker="o", ms=4, color=colour(impl, impls), label=impl
-            )
+            marked_here |= impl_line(ax, impl, impls, line.index, line["ratio"], line["disturbed"])
             drawn += 1
+        disturbed |= marked_here
         ax.axhline(1.0, color="black", lw=0.8, ls=":")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -51,16 +58,19 @@ def plot(group: Group, meta: dict, out_dir: Path) -> PlotFile | str:
         ax.set_title(title, fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+            legend(ax, "marker" if marked_here else None, fontsize=8)
         else:
             ax.text(0.5, 0.5, f"no {reference} reference", transform=ax.transAxes, ha="center", va="center")
     if not drawn:
         return "neither loop nor flop_matched succeeded beside another implementation"
     fig.suptitle(
-        f"Relative speed (ratio of median latencies)\n{group.label} · routing {group.base_routing or '-'}", fontsize=10
+        f"Relative speed (ratio of median latencies)\n{tex(group.label)} · routing {tex(group.base_routing or '-')}",
+        fontsize=10,
     )
     caption = (
         "Left: loop median / impl median. Right: flop_matched median / impl median; "
         "1.0 means the MoE layer costs no more than a dense FFN with the same FLOPs per token (sparsity is free)."
     )
+    if disturbed:
+        caption += " Hollow markers: either side was timed on a disturbed machine (no finding)."
     return save(fig, out_dir / f"{group.slug}_speedup.png", "Speed-up and efficiency", caption)

@@ -1,7 +1,9 @@
 """Shared look of every plot: Agg canvas (no display, no pyplot state), one colour per implementation, saving.
 
 Figures are built with `matplotlib.figure.Figure` directly so rendering in a worker thread or a CI box without a
-display never touches a GUI backend.
+display never touches a GUI backend. Every name from a results file reaches matplotlib through `tex`, so a `$`
+in a shape or implementation name is shown as written instead of parsed as mathtext. Points timed on a
+disturbed machine are drawn hollow (markers) or hatched (bars), with a legend entry saying so.
 """
 
 from __future__ import annotations
@@ -10,12 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
+from reports.disturbed import PLOT_LEGEND  # noqa: E402
 from reports.load import DENSE_IMPLS  # noqa: E402
+
+HATCH = "xx"  # bars of disturbed points
 
 _KNOWN = {
     "loop": "#1f77b4",
@@ -35,6 +43,38 @@ class PlotFile:
     path: Path
     title: str
     caption: str
+
+
+def tex(text) -> str:
+    """`text` as matplotlib shows it literally: every `$` escaped, so 'a$x$' is never parsed as mathtext."""
+    return str(text).replace("$", r"\$")
+
+
+def impl_line(ax, impl: str, impls: list[str], x, y, disturbed) -> bool:
+    """One implementation's line (dashed for a dense baseline), its points timed on a disturbed machine hollow
+    (white face, coloured edge); whether there were any."""
+    x, y, marked = np.asarray(x), np.asarray(y), np.asarray(disturbed, dtype=bool)
+    c = colour(impl, impls)
+    ax.plot(x, y, linestyle(impl), marker="o", ms=4, color=c, label=tex(impl))
+    if marked.any():
+        ax.plot(x[marked], y[marked], ls="none", marker="o", ms=6, mfc="white", mec=c, mew=1.3, zorder=4)
+    return bool(marked.any())
+
+
+def legend(ax, disturbed: str | None = None, **kw) -> None:
+    """ax.legend, plus an entry for disturbed points when `disturbed` says how they are drawn: marker or hatch."""
+    handles, labels = ax.get_legend_handles_labels()
+    if disturbed:
+        handles.append(disturbed_handle(disturbed))
+        labels.append(PLOT_LEGEND)
+    if handles:
+        ax.legend(handles, labels, **kw)
+
+
+def disturbed_handle(kind: str):
+    if kind == "hatch":
+        return Patch(facecolor="white", edgecolor="black", hatch=HATCH)
+    return Line2D([], [], ls="none", marker="o", mfc="white", mec="black", mew=1.3)
 
 
 def colour(impl: str, impls: list[str]) -> str:
@@ -73,7 +113,7 @@ def plain_log_axis(axis, values=None) -> None:
     """
     import math
 
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+    from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter
 
     def minor(v, _):
         return f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v))) in (2, 5) else ""
@@ -83,6 +123,7 @@ def plain_log_axis(axis, values=None) -> None:
         axis.set_major_locator(FixedLocator(sorted(set(values))))
         axis.set_minor_formatter(NullFormatter())
     else:
+        axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))  # only the labelled minors: each tick costs a draw
         axis.set_minor_formatter(FuncFormatter(minor))
 
 

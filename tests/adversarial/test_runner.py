@@ -112,3 +112,16 @@ def test_resumed_run_json_counts_every_row_and_finished_only_when_complete(tmp_p
     assert main([*args, "--no-progress", "--only", "loop,sort_group,flop_matched"]) == 0
     meta = json.loads(meta_path.read_text())
     assert meta["statuses"] == {"ok": 3} and meta["complete"] and meta["finished"]
+
+
+def test_a_run_where_every_row_fails_ends_with_a_report_of_the_failures(tmp_path):
+    suite_file = tmp_path / "nothing.toml"
+    suite_file.write_text(
+        SUITE.format(timeout=60)
+        .replace('impls = ["loop", "sort_group"]', f'impls = ["{HOSTILE}:raises"]')
+        .replace('baselines = ["flop_matched"]', "baselines = []")
+    )
+    out = tmp_path / "out"
+    assert main(["run", str(suite_file), "--out", str(out), "--no-progress"]) == 1
+    report = (out / "report" / "report.md").read_text()
+    assert "kernel exploded" in report

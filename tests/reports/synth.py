@@ -7,8 +7,11 @@ wrong, oom, error or skipped, as a real sweep has.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import itertools
 import json
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -209,7 +212,37 @@ def plant_failures(rows: list[dict]) -> None:
             fail(by[key], status, reason)
 
 
-def write_run(run_dir: Path, rows: list[dict], run_meta: dict | None = None) -> Path:
+def large_rows(n_rows: int, seed: int = 0, n_samples: int = 20) -> Iterator[dict]:
+    """About `n_rows` rows, the scale of a long sweep: named layers (equal dimensions recur under other names),
+    each at 14 token counts and 3 skews in bfloat16 and float32, forward and train, every IMPLS row at each point;
+    1% of rows fail and 0.5% of points are timed on a disturbed machine."""
+    rng = np.random.default_rng(seed)
+    dims = itertools.cycle(itertools.product((256, 1024, 4096), (512, 2048), (8, 16, 64), (1, 2, 4)))
+    per_layer = 4 * 17 * len(IMPLS)
+    for layer in range(-(-n_rows // per_layer)):
+        name = f"layer-{layer:05d}"
+        rows = make_rows(
+            seed=seed + layer,
+            shapes=(next(dims),),
+            dtypes=("bfloat16", "float32"),
+            modes=("forward", "train"),
+            tokens=tuple(2**i for i in range(14)),
+            n_samples=n_samples,
+            failures=False,
+        )
+        disturbed = {r["point_id"] for r in rows if rng.random() < 0.005 / len(IMPLS)}
+        for row in rows:
+            if rng.random() < 0.01:
+                fail(row, "error", "RuntimeError: synthetic failure")
+            row["disturbed"] = row["point_id"] in disturbed if row["status"] == "ok" else None
+            row["disturbance"] = ["cpu pressure: 180 ms stalled > 50 ms"] if row["disturbed"] else None
+            row["cache"] = "cold"
+            row["shape"] = name
+            row["point_id"] = hashlib.sha1(f"{name} {row['point_id']}".encode()).hexdigest()[:12]
+            yield row
+
+
+def write_run(run_dir: Path, rows: Iterable[dict], run_meta: dict | None = None) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "run.json").write_text(json.dumps(run_meta or meta()))
@@ -228,3 +261,12 @@ def scaled(rows: list[dict], factor: float, impls=None) -> list[dict]:
             summarise(row, np.asarray(row["samples_ms"]) * factor)
         out.append(row)
     return out
+
+
+if __name__ == "__main__":  # python -m tests.reports.synth DIR --rows 200000: a large run to time reports on
+    parser = argparse.ArgumentParser(description="write a synthetic run directory (run.json + results.jsonl)")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(write_run(args.run_dir, large_rows(args.rows, args.seed), meta(timing={"cache": "cold"})))
