@@ -7,8 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from suites import point_runner
-from suites import spec
+from suites import point_runner, spec
 from suites.cli import main
 from suites.runner import Runner
 from tests.moe_impls.test_plugins import PLUGIN, install_entry_points
