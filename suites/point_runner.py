@@ -267,8 +267,12 @@ class PointRunner:
         budget = int(s.cold_max_mb * 2**20) // max(len(pools), 1)
         moe_copies: list[MoEWeights] = [weights]
         keep: list = []
-        if cold_cpu and any(r.pool == "moe" for r in pending):
-            plan = plan_copies(weights.nbytes() + io_bytes, self.llc_bytes, budget)
+        moe_rows = [r for r in pending if r.pool == "moe"]
+        if cold_cpu and moe_rows:
+            # sized by what a call reads (the experts its routing hits), not by what is resident: at one token
+            # a call reads 2 of 8 experts, and copies sized by all 8 would leave those 2 in cache
+            touched = min(r.touched for r in moe_rows)
+            plan = plan_copies(touched + io_bytes, self.llc_bytes, budget * touched // weights.nbytes())
             moe_copies += [copy.deepcopy(weights) for _ in range(plan.copies - 1)]
             moe_note = plan.note
         for r in pending:
