@@ -102,7 +102,8 @@ class PointRunner:
         self.nvml = NVML(device)
         self.thresholds = Thresholds.of(timing)
         self.llc_bytes, self.llc_source = last_level_cache_bytes(device)
-        self._weights: tuple[tuple, MoEWeights] | None = None  # the last point's weights, reused at equal shape
+        self._weights: tuple[tuple, MoEWeights] | None = None
+        self._failed_before = False  # the last point's weights, reused at equal shape
         measured = dict.fromkeys(("float32", *dtypes))  # float32 always: the canary is sized from its peak
         self.peaks = peaks if peaks is not None else measure_peaks(device, [getattr(torch, d) for d in measured])
         self._canary_fns = self._canary()
@@ -120,7 +121,9 @@ class PointRunner:
     # ---- one point ------------------------------------------------------------------------------------------
     def run(self, point: Point, todo: list[str], note: str | None = None) -> Iterator[dict]:
         """Every row of `todo` at `point`, each yielded as soon as it is final."""
-        _release()
+        if self._failed_before:  # a failure's leftovers (frames, cached blocks) must not crowd this point
+            _release()
+        self._failed_before = False
         cfg = point.moe_config()
         dtype = getattr(torch, point.dtype)
         base = {**point.columns(), "device": self.device.type, "world_size": 1, "cache": self.timing.cache}
@@ -131,6 +134,7 @@ class PointRunner:
             ref_name, reference = self._reference_layer(weights, x)
             ref_out, ref_grad, ref_routing = check_call(reference, x, grad_out, point.mode)
         except ROW_FAILURES as exc:
+            self._failed_before = True
             for name in todo:
                 yield _failed(base, name, failure_status(exc), f"point setup: {one_line(exc)}")
             return
@@ -158,7 +162,9 @@ class PointRunner:
                 pending.append(result)
             else:
                 yield {**row, **result}
-            _release_if_failed(result)
+            if isinstance(result, dict) and result.get("status") in ("oom", "error"):
+                self._failed_before = True
+                _release()
         if not pending:
             return
         yield from self._time(point, pending, weights, x, grad_out, reference, clean, shared, note)
@@ -201,6 +207,7 @@ class PointRunner:
                     row["timer_note"] = "; ".join(n for n in (timing.note, note) if n)
             except ROW_FAILURES as exc:
                 row.update(status=failure_status(exc), error=one_line(exc))
+                self._failed_before = True
             yield row
 
     # ---- timing under watch ---------------------------------------------------------------------------------
@@ -550,11 +557,6 @@ def timed_call(module: nn.Module, x, grad_out, mode: str) -> tuple[Callable[[], 
         x_req.grad = None
 
     return train_step, clear_grads
-
-
-def _release_if_failed(result) -> None:
-    if isinstance(result, dict) and result.get("status") in ("oom", "error"):
-        _release()
 
 
 def _release() -> None:

@@ -55,7 +55,7 @@ class TimingSettings:
         default=4096.0, metadata={"help": "CPU, cold: most MB of weight and input copies one point may build"}
     )
     block_ms: float = field(
-        default=5.0, metadata={"help": "timed calls of one row per round fill about this long (1 to 64 calls)"}
+        default=20.0, metadata={"help": "timed calls of one row per round fill about this long (1 to 64 calls)"}
     )
     l2_flush: bool = field(default=True, metadata={"help": "CUDA, cold: zero a buffer twice the L2 before each call"})
     cuda_graph: bool = field(default=False, metadata={"help": "CUDA, forward mode: replay a captured graph"})
@@ -113,7 +113,8 @@ class Timed:
         no row's gradients stay resident while its neighbours run).
     pool: rows whose calls run on the same copies share one rotation, so the copy a row gets is one that no
         row touched for the longest time.
-    watch: a row that measures the machine, not the implementations (see suites/steadiness.py).
+    watch: a row that measures the machine, not the implementations (see suites/steadiness.py): one timed call
+        a round, no re-entry call.
     """
 
     calls: Sequence[Callable[[], object]]
@@ -179,6 +180,8 @@ def time_rows(rows: dict[str, Timed], device: torch.device, s: TimingSettings) -
                 row.calls = row.calls[:1]
             _maybe_capture(row, cuda, s)
             row.block = _warm_up(row, flush, s, cuda)
+            if timed.watch:  # the canary samples the machine once a round; its own cache state is not the point
+                row.block = 1
             active[name] = row
         except Exception as exc:
             timings[name].error = exc.with_traceback(None)
@@ -239,7 +242,8 @@ def _run_block(row: _Row, flush: _L2Flush | None, cuda: bool) -> list:
     CPU: the samples in ms. CUDA: (begin, end) event pairs, read after the round's synchronise.
     """
     start = time.perf_counter()
-    row.reset(_call(row, flush))
+    if not row.timed.watch:
+        row.reset(_call(row, flush))
     out = []
     for _ in range(row.block):
         copy = row.next_copy()
