@@ -95,13 +95,17 @@ def test_points_timed_during_a_planted_competing_process_are_flagged_and_only_th
     suite = spec.load(str(suite_file))
     window: dict[str, float] = {}
 
-    def compete(after_s: float, for_s: float) -> None:
-        time.sleep(after_s)
+    results = tmp_path / "run" / "results.jsonl"
+
+    def compete(after_rows: int, for_s: float) -> None:
+        """Starts the rival once `after_rows` rows are on disk, so some points run before it and some after."""
+        while not results.exists() or len(results.read_text().splitlines()) < after_rows:
+            time.sleep(0.02)
         window["from"] = time.time()
         subprocess.run([sys.executable, "-c", COMPETITOR, str(for_s)], check=True)
         window["to"] = time.time()
 
-    rival = threading.Thread(target=compete, args=(6.0, 2.5))
+    rival = threading.Thread(target=compete, args=(6, 2.0), daemon=True)
     rival.start()
     Runner(suite, torch.device("cpu"), tmp_path / "run", progress=False).run()
     rival.join()
