@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -116,6 +117,7 @@ class PointRunner:
             "llc_bytes": self.llc_bytes,
             "llc_source": self.llc_source,
             "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
+            "malloc_tunables": os.environ.get("GLIBC_TUNABLES"),
         }
 
     # ---- one point ------------------------------------------------------------------------------------------

@@ -223,6 +223,7 @@ class Runner:
             "canary_ms": worker_info["canary_ms"],
             "llc_bytes": worker_info["llc_bytes"],
             "llc_source": worker_info["llc_source"],
+            "malloc_tunables": worker_info["malloc_tunables"],
         }
 
 

@@ -21,12 +21,18 @@ import sys
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from multiprocessing import forkserver
 
 from suites.spec import Point
 from suites.timing import TimingSettings
 
 STARTUP_S = 600.0  # a fresh worker measures the peaks and the canary before it answers
 PRELOAD = ["torch", "moe_impls", "suites.point_runner"]
+# glibc adapts its mmap and trim thresholds to the sizes freed so far, so a row's large temporaries are served
+# from fresh, zero-filled pages or from reused heap depending on what its neighbours freed: 1.31x for sort_group
+# at 4096 tokens beside dense_all's 134 MB buffers, 1.01x with the thresholds fixed. Fixed at their maximum, every
+# call reuses heap memory, as a long-running model process does. Read by glibc when the fork server starts.
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295"
 
 
 class WorkerLost(Exception):
@@ -54,8 +60,23 @@ def _context() -> mp.context.BaseContext:
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(PRELOAD)
+        with _environ("GLIBC_TUNABLES", MALLOC_TUNABLES):  # only the fork server (and its workers) get them
+            forkserver.ensure_running()
         return ctx
     return mp.get_context("spawn")
+
+
+@contextlib.contextmanager
+def _environ(key: str, value: str) -> Iterator[None]:
+    old = os.environ.get(key)
+    os.environ[key] = f"{old}:{value}" if old else value
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = old
 
 
 def serve(conn, spec: WorkerSpec) -> None:
@@ -199,18 +220,18 @@ class InlineWorker:
 
 @contextlib.contextmanager
 def _main_not_reimported() -> Iterator[None]:
-    """A main module that is no file (`python -`, a notebook cell) cannot be re-imported by the worker, which
-    needs nothing from it (implementations are found by name); multiprocessing would try, and fail."""
+    """The worker needs nothing from the main module (implementations are found by name), but multiprocessing
+    re-imports it in the child: a script without an `if __name__ == "__main__"` guard would run again there, and
+    a main that is no file (`python -`, a notebook) cannot be imported at all. Hidden while the worker starts."""
     main = sys.modules["__main__"]
-    path = getattr(main, "__file__", None)
-    if path is None or os.path.isfile(path):
-        yield
-        return
-    del main.__file__
+    saved = {k: main.__dict__.pop(k) for k in ("__file__",) if k in main.__dict__}
+    spec = getattr(main, "__spec__", None)
+    main.__spec__ = None
     try:
         yield
     finally:
-        main.__file__ = path
+        main.__dict__.update(saved)
+        main.__spec__ = spec
 
 
 def _what(stage: str, rows: list[str]) -> str:
