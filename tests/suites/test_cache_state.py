@@ -12,9 +12,9 @@ import torch.utils.benchmark as tb
 import moe_impls
 from moe_impls import MoEWeights
 from suites.cache import ColdPlan, _parse_size, last_level_cache_bytes, plan_copies
-from suites.point_runner import PointRunner
 from suites.spec import Point
 from suites.timing import Timed, TimingSettings, time_rows
+from suites.worker import Worker, WorkerSpec
 
 ROWS = ["loop", "padded", "sort_group", "dense_all", "param_matched", "flop_matched"]
 SETTINGS = TimingSettings(budget_ms=300, min_time_ms=100, warmup_ms=20, retimes=0)
@@ -24,21 +24,29 @@ def small(tokens: int) -> Point:
     return Point("small-8x2", 256, 512, 8, 2, "swiglu", tokens, "float32", "forward", "softmax_topk")
 
 
-def medians(runner: PointRunner, point: Point, todo: list[str]) -> dict[str, float]:
-    return {r["impl"]: r["latency_ms_median"] for r in runner.run(point, todo)}
+def medians(worker: Worker, point: Point, todo: list[str]) -> dict[str, float]:
+    return {r["impl"]: r["latency_ms_median"] for r in worker.run_point(point, todo, None)}
 
 
-@pytest.mark.parametrize("cache", ["cold", "warm"])
+@pytest.fixture(scope="module", params=["cold", "warm"])
+def worker(request):
+    """A worker as a run starts it (its allocator settings included), one per cache state."""
+    settings = TimingSettings(**{**SETTINGS.__dict__, "cache": request.param})
+    worker = Worker(WorkerSpec("cpu", torch.get_num_threads(), 0, settings))
+    worker.start()
+    yield worker
+    worker.close()
+
+
 @pytest.mark.parametrize("tokens", [1, 1024])
-def test_a_row_timed_beside_its_neighbours_equals_it_timed_alone(cache, tokens):
-    settings = TimingSettings(**{**SETTINGS.__dict__, "cache": cache})
-    runner = PointRunner(torch.device("cpu"), 0, settings, None, None)
+def test_a_row_timed_beside_its_neighbours_equals_it_timed_alone(worker, tokens):
+    cache = worker.spec.timing.cache
     point = small(tokens)
     for name in ("flop_matched", "sort_group"):
         together, alone = [], []
         for _ in range(3):
-            together.append(medians(runner, point, ROWS)[name])
-            alone.append(medians(runner, point, [name])[name])
+            together.append(medians(worker, point, ROWS)[name])
+            alone.append(medians(worker, point, [name])[name])
         ratio = statistics.median(together) / statistics.median(alone)
         assert abs(ratio - 1) <= 0.05, f"{name} at T={tokens}, {cache}: with neighbours / alone = {ratio:.3f}"
 
