@@ -150,7 +150,8 @@ class Runner:
                     summary.timed_s += sum(row.get("samples_ms") or []) / 1e3
                     bar.update(1)
         except KeyboardInterrupt:
-            meta["interrupted"] = "SIGINT"
+            if meta:
+                meta["interrupted"] = "SIGINT"
             raise
         finally:
             bar.close()
@@ -195,7 +196,8 @@ class Runner:
                     alone = "timed alone: a worker was lost while this point's rows were timed together"
                     queue[:0] = [([n], alone) for n in left]
                     continue
-                blamed = left if lost.stage in ("setup", "start") else [n for n in lost.rows if n in left]
+                blamed = [n for n in lost.rows if n in left] if lost.stage in ("check", "timing") else []
+                blamed = blamed or left  # setup, start-up, or a stage naming no row still to come: all of them
                 for name in blamed:
                     yield _failed_row(point, self.device, name, status, lost.reason, self.suite.timing.cache)
                 rest = [n for n in left if n not in blamed]
