@@ -157,7 +157,7 @@ class PointRunner:
                 result = {"status": failure_status(exc), "error": one_line(exc)}
             dirty = changed(clean, shared)
             if dirty:
-                self._restore(weights, x, grad_out, point, dtype)
+                self._restore(weights, x, grad_out, point)
                 result = {"status": "error", "error": f"changed the shared {', '.join(dirty)} during its check"}
             if isinstance(result, Row):
                 result.columns = {**row, **result.columns, **self._counters(result.layers[0], x, grad_out, point)}
@@ -188,7 +188,7 @@ class PointRunner:
         dirty = changed(clean, shared)
         culprits: dict[str, str] = {}
         if dirty:
-            self._restore(weights, x, grad_out, point, getattr(torch, point.dtype))
+            self._restore(weights, x, grad_out, point)
             culprits = self._find_writer(pending, x, grad_out, point.mode, clean, shared, weights, dirty)
         moe_rows = [r for r in pending if r.pool == "moe" and r.name not in culprits]
         fresh = self._fresh_check(point, reference, moe_rows)
@@ -314,7 +314,7 @@ class PointRunner:
                 check_call(r.layers[0], x, grad_out, mode)
             if changed(clean, shared):
                 blamed[r.name] = f"changed the shared {', '.join(dirty)} while being timed"
-                self._restore(weights, x, grad_out, None, x.dtype)
+                self._restore(weights, x, grad_out, None)
         if not blamed:
             why = f"the shared {', '.join(dirty)} changed while these rows were timed; no single row repeated it"
             return dict.fromkeys((r.name for r in pending), why)
@@ -360,14 +360,14 @@ class PointRunner:
         self._weights = (key, weights)
         return weights
 
-    def _restore(self, weights: MoEWeights, x, grad_out, point: Point | None, dtype) -> None:
+    def _restore(self, weights: MoEWeights, x, grad_out, point: Point | None) -> None:
         """Puts the shared tensors back as the seed made them, after a row wrote to them."""
         weights.reset_parameters(self.seed)
         with torch.no_grad():
             for b in weights.buffers():
                 b.zero_()
         if point is not None:
-            fresh_x, fresh_g = self._inputs(point, dtype, self.seed)
+            fresh_x, fresh_g = self._inputs(point, x.dtype, self.seed)
             with torch.no_grad():
                 x.copy_(fresh_x)
                 grad_out.copy_(fresh_g)
