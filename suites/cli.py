@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("suites.commands", "reports.cli", "suites.calc", "suites.experiments")
+COMMAND_MODULES = ("suites.commands", "reports.cli", "analysis.calc", "analysis.experiments")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,8 +43,8 @@ import torch.distributed as dist
 
 from moe_impls.expert_parallel import STAGES
 from suites import ep_bench
-from suites import flops as F
-from suites.ep_costs import Cluster, ExpertShape, ep_cost, fit_link
+from analysis import flops as F
+from analysis.ep_costs import Cluster, ExpertShape, ep_cost, fit_link
 from suites.results import RESULTS, ResultsWriter, read_run_meta, write_run_meta
 from suites.runner import RTOL, Runner, _now, environment, one_line
 from suites.spec import EP_IMPL, Point, Suite, SuiteError, check_world_size
@@ -324,7 +324,7 @@ def _shape_of(row: dict) -> ExpertShape:
 
 
 def calibrate(rows: list[dict], fit_world_sizes: list[int] | None = None) -> dict:
-    """Fit `suites.ep_costs` to measured expert-parallel rows and predict every row.
+    """Fit `analysis.ep_costs` to measured expert-parallel rows and predict every row.
 
     ValueError (one line) when the rows do not determine a link: fewer than two distinct byte counts, or
     times that do not grow with bytes (noise at tiny sizes).

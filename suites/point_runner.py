@@ -23,7 +23,7 @@ from torch import nn
 
 import moe_impls
 from moe_impls import MoEWeights, RoutingRecord
-from suites import flops as F
+from analysis import flops as F
 from suites.balance import balance_columns, experts_touched
 from suites.cache import last_level_cache_bytes, plan_copies
 from suites.counters import count

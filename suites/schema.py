@@ -50,7 +50,7 @@ RESULT_COLUMNS: dict[str, str] = {
     "plus one run), measured apart from every timed sample; null for eager rows",
     # derived throughput
     "tokens_per_s": "tokens / median latency (expert_parallel: global_tokens / median latency)",
-    "flops": "floating-point operations per call, counted analytically from the assigned tokens (see suites/flops.py)",
+    "flops": "floating-point operations per call, counted analytically from the assigned tokens (see analysis/flops.py)",
     "tflops": "flops / median latency / 1e12",
     "peak_fraction": "tflops / the matmul peak measured on this device in this dtype at the start of the run",
     "bytes_min": "bytes a call must move at least: weights of the experts the routing touched + input and output",
@@ -141,7 +141,7 @@ EP_COLUMNS: dict[str, str] = {
 
 # run.json["ep_model"] (written after each expert-parallel launch; a dict with "error" when it cannot be fitted)
 EP_MODEL_KEYS: dict[str, str] = {
-    "link": "{bandwidth_Bps, latency_s}: alpha-beta fit of one all-to-all to every multi-rank row (suites/ep_costs.py)",
+    "link": "{bandwidth_Bps, latency_s}: alpha-beta fit of one all-to-all to every multi-rank row (analysis/ep_costs.py)",
     "fit_rmse_s": "root mean square residual of that fit, seconds",
     "fit_points": "stage times fitted (a dispatch and a combine per row)",
     "fit_world_sizes": "world sizes whose rows were fitted",

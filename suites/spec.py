@@ -406,7 +406,7 @@ def _shape_fields(shape: dict, where: str, path: Path) -> dict:
 def _preset_shape(name: object, where: str, path: Path) -> dict:
     """A real model's MoE layer shape, from the same presets `moe-bench calc` uses."""
     try:
-        from moe_impls import models
+        from analysis import models
 
         layer = models.from_name(str(name)).moe_layer()
     except (ImportError, KeyError, ValueError) as exc:

@@ -22,7 +22,7 @@ import moe_impls
 from moe_impls import MoEConfig, MoEWeights
 from moe_impls.expert_parallel import ExpertParallelMoE, ExpertShard
 from suites.ep_bench import measure_ep_point
-from suites.ep_costs import (
+from analysis.ep_costs import (
     Cluster,
     ExpertShape,
     Link,

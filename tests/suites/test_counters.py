@@ -1,5 +1,5 @@
 """suites/counters.py: each counter against a known quantity, every host-sync rule, the composition of the modes,
-determinism, and counted FLOPs against the analytic formula of suites/flops.py for every built-in layer.
+determinism, and counted FLOPs against the analytic formula of analysis/flops.py for every built-in layer.
 
 The FLOP cross-check is exact (tolerance 0): FlopCounterMode counts every matmul 2 per multiply-add, as the
 analytic formula does, so the two differ only by named terms. The analytic `flops` column counts the assignments
@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import moe_impls
 from moe_impls import MoEConfig, MoEWeights
-from suites import flops
+from analysis import flops
 from suites.counters import HOST_SYNC_OPS, Counters, count
 from suites.runner import timed_call
 

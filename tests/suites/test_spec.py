@@ -31,7 +31,7 @@ def test_grid_expands_and_shape_overrides_apply():
 
 
 def test_gpu_suite_shapes_come_from_the_model_presets():
-    from moe_impls import models
+    from analysis import models
 
     suite = spec.load("gpu")
     mixtral = next(p for p in suite.points if p.shape == "mixtral-8x7b")

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from moe_impls.config import MoEConfig
-from suites.flops import ffn_flops_per_row
+from analysis.flops import ffn_flops_per_row
 
 MAX_RANKS = 1 << 16  # largest world size considered: past any EP deployment, and it keeps E = 10^12 a short loop
 

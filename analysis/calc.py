@@ -1,9 +1,9 @@
 """`moe-bench calc MODEL_OR_FILE`: what a real MoE model holds in memory against what one token costs.
 
-MODEL_OR_FILE is a preset name (`moe_impls.models.PRESETS`), a TOML/JSON file of `ModelConfig` fields, or a
+MODEL_OR_FILE is a preset name (`analysis.models.PRESETS`), a TOML/JSON file of `ModelConfig` fields, or a
 transformers `config.json`. The human table shows the article's point side by side: every parameter is resident,
 but a token pays only for its active ones, like a dense model of that size. `--json` prints one object with the
-same numbers as integers. Counting conventions are in `moe_impls.accounting`.
+same numbers as integers. Counting conventions are in `analysis.accounting`.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from moe_impls import accounting as acc
-from moe_impls.hf_config import from_hf_config
-from moe_impls.models import PRESETS, ModelConfig, Published, names
+from analysis import accounting as acc
+from analysis.hf_config import from_hf_config
+from analysis.models import PRESETS, ModelConfig, Published, names
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--context", type=int, default=4096, help="positions a token attends to, for attention FLOPs (default 4096)"
     )
     ep = p.add_argument_group("expert parallelism (--ep): where sharding experts over ranks stops paying off")
-    ep.add_argument("--ep", action="store_true", help="add the EP cost model's table (suites/ep_costs.py)")
+    ep.add_argument("--ep", action="store_true", help="add the EP cost model's table (analysis/ep_costs.py)")
     ep.add_argument("--tokens-per-rank", type=int, default=4096, help="tokens each rank routes (default 4096)")
     ep.add_argument("--ranks-per-node", type=int, default=8, help="GPUs per node (default 8)")
     ep.add_argument("--intra-gbs", type=float, default=450.0, help="NVLink-class GB/s per rank (default 450)")
@@ -60,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def ep_table(cfg: ModelConfig, dtype: str, args: argparse.Namespace) -> dict[str, Any]:
     """Predicted dispatch/combine/compute per world size for the model's MoE layer, and where EP stops paying."""
-    from suites import ep_costs
+    from analysis import ep_costs
 
     shape = ep_costs.ExpertShape.from_config(cfg.moe_layer().config, acc.DTYPE_BYTES[dtype])
     cluster = ep_costs.Cluster(

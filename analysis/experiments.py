@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from suites.experiments import collapse
+from analysis import collapse
 
 EXPERIMENTS = (collapse,)
 

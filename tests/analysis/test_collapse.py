@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from suites.cli import main
-from suites.experiments.collapse import (
+from analysis.collapse import (
     SETTINGS,
     CollapseConfig,
     build_weights,

@@ -5,13 +5,13 @@ import dataclasses
 import pytest
 
 from moe_impls import MoEConfig
-from moe_impls import accounting as acc
-from moe_impls.hf_config import from_hf_config
-from moe_impls.models import PRESETS, ModelConfig, from_name
+from analysis import accounting as acc
+from analysis.hf_config import from_hf_config
+from analysis.models import PRESETS, ModelConfig, from_name
 
 B, M = 1e9, 1e6
 
-# Stated independently of moe_impls.models: name -> (total, active, one unit of the last published digit, source).
+# Stated independently of analysis.models: name -> (total, active, one unit of the last published digit, source).
 # A count agrees when within 1% or within one unit of the figure's last digit (labels round or truncate).
 PUBLISHED = {
     "mixtral-8x7b": (46.7 * B, 12.9 * B, 0.1 * B, "https://mistral.ai/news/mixtral-of-experts/"),

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from suites import calc
+from analysis import calc
 
 
 def main(argv: list[str]) -> int:

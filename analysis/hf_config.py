@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from moe_impls.models import ModelConfig
+from analysis.models import ModelConfig
 
 # transformers' per-model defaults for keys a config.json may leave out.
 _UNTIED = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3")

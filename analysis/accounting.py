@@ -5,7 +5,7 @@ Pure arithmetic on integers: no tensor is built, so DeepSeek-V3 is counted as fa
 Conventions (each one a choice that published figures make differently; `models.Published` says which a paper used):
 - total: every weight stored for inference, excluding DeepSeek's multi-token-prediction module (see
   `checkpoint_params`) and T5's relative position biases. It equals the parameter count of the transformers
-  model built from the same config.json (tests/moe_impls/test_models.py), plus DeepSeek-V3's router selection
+  model built from the same config.json (tests/analysis/test_models.py), plus DeepSeek-V3's router selection
   bias, a buffer there but a stored weight of the checkpoint.
 - active per token: every non-expert weight (embedding and lm_head included, as a whole matrix), the shared
   experts, and top_k of the routed experts in each MoE layer. The router counts in full: every token computes
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from moe_impls.models import ModelConfig
+from analysis.models import ModelConfig
 
 BREAKDOWN_KEYS = (
     "embeddings",
