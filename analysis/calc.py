@@ -13,26 +13,13 @@ import dataclasses
 import json
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
 from analysis import accounting as acc
-from analysis.hf_config import from_hf_config
-from analysis.models import PRESETS, ModelConfig, Published, names
+from analysis.calc_text import format_ep, format_report
+from analysis.model_files import load_model
+from analysis.models import ModelConfig, Published, names
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
-MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
-REQUIRED_FIELDS = [
-    f.name
-    for f in dataclasses.fields(ModelConfig)
-    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-]
-HF_MARKERS = ("model_type", "architectures", "hidden_size")  # keys a transformers config has and ours lacks
-HF_LISTS = ("mlp_only_layers",)  # transformers keys holding lists of layer indices
 # --ep options: a rate or a size of 0 divides by zero and a negative one prints negative times; 0 latency is ideal
 EP_POSITIVE = ("tokens_per_rank", "ranks_per_node", "intra_gbs", "inter_gbs", "tflops")
 EP_NON_NEGATIVE = ("intra_us", "inter_us")
@@ -84,66 +71,6 @@ def ep_table(cfg: ModelConfig, dtype: str, args: argparse.Namespace) -> dict[str
     }
 
 
-def format_ep(ep: dict[str, Any]) -> str:
-    a = ep["assumed"]
-    lines = [
-        "",
-        f"Expert parallelism, {a['tokens_per_rank']} tokens per rank, {a['ranks_per_node']} ranks per node, "
-        f"links {a['intra_gbs']:g} GB/s + {a['intra_us']:g} us (intra) / {a['inter_gbs']:g} GB/s + {a['inter_us']:g} us "
-        f"(inter), experts at {a['tflops']:g} TFLOP/s (assumed, not measured):",
-        f"  {'ranks':>5} {'dispatch ms':>12} {'combine ms':>11} {'compute ms':>11} {'compute/comm':>13}",
-    ]
-    for row in ep["world_sizes"]:
-        ratio = row["compute_to_comm"]
-        lines.append(
-            f"  {row['world_size']:>5} {row['dispatch_s']:>12.3f} {row['combine_s']:>11.3f} {row['compute_s']:>11.3f} "
-            f"{ratio:>13.2f}"
-            if ratio != float("inf")
-            else f"  {row['world_size']:>5} {row['dispatch_s']:>12.3f} {row['combine_s']:>11.3f} {row['compute_s']:>11.3f} "
-            f"{'no comm':>13}"
-        )
-    stop = ep["stops_paying_at"]
-    lines.append(
-        f"  communication outweighs expert compute from {stop} ranks on"
-        if stop
-        else "  compute stays above communication at every world size E allows"
-    )
-    return "\n".join(lines)
-
-
-def load_model(spec: str) -> tuple[ModelConfig, Published | None]:
-    """A preset (with its published figures) or a config file; ValueError with one line on any mistake."""
-    if spec in PRESETS:
-        return PRESETS[spec].config, PRESETS[spec].published
-    path = Path(spec)
-    if not path.is_file():
-        raise ValueError(f"{spec!r} is neither a preset ({', '.join(names())}) nor an existing file")
-    try:
-        text = path.read_text()
-        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:  # TOMLDecodeError and JSONDecodeError are ValueErrors
-        kind = "TOML" if path.suffix == ".toml" else "JSON"
-        raise ValueError(f"{path}: not valid {kind}: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected an object of ModelConfig fields, got {type(data).__name__}")
-    try:
-        if any(key in data for key in HF_MARKERS):
-            _check_hf_lists(data)
-            return from_hf_config(data, name=data.get("_name_or_path") or path.stem), None
-        return _model_config(data, path), None
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
-    except TypeError as exc:  # a value of a type no check above foresaw, e.g. a string where a count goes
-        raise ValueError(f"{path}: a value has the wrong type: {exc}") from None
-
-
-def _check_hf_lists(data: dict[str, Any]) -> None:
-    for key in HF_LISTS:
-        value = data.get(key)
-        if value is not None and not (isinstance(value, list) and all(type(i) is int for i in value)):
-            raise ValueError(f"transformers config: {key} = {value!r}: expected a list of layer indices")
-
-
 def _check_ep_args(args: argparse.Namespace) -> None:
     """ValueError naming the first --ep option out of range (see EP_POSITIVE, EP_NON_NEGATIVE)."""
     for key in EP_POSITIVE + EP_NON_NEGATIVE:
@@ -152,16 +79,6 @@ def _check_ep_args(args: argparse.Namespace) -> None:
             raise ValueError(
                 f"--{key.replace('_', '-')} must be a finite number {'> 0' if positive else '>= 0'}, got {value}"
             )
-
-
-def _model_config(data: dict[str, Any], path: Path) -> ModelConfig:
-    unknown = sorted(set(data) - MODEL_FIELDS)
-    if unknown:
-        raise ValueError(f"unknown field {unknown[0]!r}; ModelConfig fields are {', '.join(sorted(MODEL_FIELDS))}")
-    missing = [f for f in REQUIRED_FIELDS if f not in data]
-    if missing:
-        raise ValueError(f"missing field {missing[0]!r} (required: {', '.join(REQUIRED_FIELDS)})")
-    return ModelConfig(**{"name": path.stem, **data})
 
 
 def report(cfg: ModelConfig, dtype: str, context: int, published: Published | None = None) -> dict[str, Any]:
@@ -205,85 +122,6 @@ def report(cfg: ModelConfig, dtype: str, context: int, published: Published | No
             "comparable_active_params": acc.active_params_excluding(cfg, published.active_excludes),
         }
     return out
-
-
-def _si(n: float, unit: str = "") -> str:
-    """12880000000 -> '12.88B': three significant decimals, so small and large models read alike."""
-    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if abs(n) >= scale:
-            return f"{n / scale:.2f}{suffix}{unit}"
-    return f"{n:g}{unit}" if n else "0"
-
-
-def _gb(n: int) -> str:
-    return f"{n / 1e9:.2f} GB"
-
-
-def _gflop(n: int) -> str:
-    return f"{n / 1e9:.2f} GFLOP"
-
-
-def _as_published(n: float) -> str:
-    """46.7e9 -> '46.7B': the figure with the digits it was published with."""
-    return f"{n / 1e9:g}B" if n >= 1e9 else f"{n / 1e6:g}M"
-
-
-def format_report(r: dict[str, Any]) -> str:
-    """The human table: components, then memory against per-token cost, then the equal-active dense model."""
-    layer, total, active = r["moe_layer"], r["total_params"], r["active_params"]
-    shared = (
-        f" + {layer['num_shared_experts']} shared of d_ff {layer['shared_d_ff']}" if layer["num_shared_experts"] else ""
-    )
-    stacks = (
-        f"{r['encoder_layers']} encoder + {r['layers'] - r['encoder_layers']} decoder"
-        if r["encoder_layers"]
-        else r["layers"]
-    )
-    lines = [
-        f"{r['model']}: {stacks} layers, {r['moe_layers']} MoE ({layer['num_experts']} experts of d_ff "
-        f"{layer['d_ff']}, top-{layer['top_k']}{shared}), d_model {layer['d_model']}",
-        "",
-        f"{'component':<16}{'total params':>14}{'active / token':>16}",
-    ]
-    for key, counts in r["breakdown"].items():
-        lines.append(f"{key:<16}{_si(counts['total']):>14}{_si(counts['active']):>16}")
-    lines.append(f"{'total':<16}{_si(total):>14}{_si(active):>16}   ({active / total:.1%} of the weights per token)")
-    if r["checkpoint_params"] != total:
-        lines.append(f"{'checkpoint':<16}{_si(r['checkpoint_params']):>14}   (with the MTP module, not in total)")
-    flops, moe, dense, dt = r["flops_per_token"], r["moe_flops_per_token"], r["dense_equal_active"], r["dtype"]
-    rows = [
-        (f"resident weights ({dt})", _gb(r["weight_bytes"]), "every expert must be in memory"),
-        (f"active weights ({dt})", _gb(r["active_weight_bytes"]), "what one token touches"),
-        ("forward FLOPs / token", _gflop(flops), f"= 2 x {_si(r['matmul_params_per_token'])} matmul weights"),
-        ("  of which in MoE layers", _gflop(moe), f"({moe / flops:.1%})"),
-        (
-            f"  + attention at context {r['context']}",
-            _gflop(r["attention_flops_per_token"]),
-            "(QK^T and AV, grows with context)",
-        ),
-    ]
-    lines += ["", *(f"{label:<32}{value:>14}   {note}" for label, value, note in rows)]
-    lines += [
-        "",
-        f"dense model of equal active parameters: {_si(dense['total_params'])} params, "
-        f"{_gb(dense['weight_bytes'])} ({dt}), {_gflop(dense['flops_per_token'])} / token",
-        f"=> memory of a {_si(total)} model ({total / dense['total_params']:.1f}x the equal-active dense one), "
-        f"per-token compute of a {_si(dense['total_params'])} dense model",
-    ]
-    pub = r["published"]
-    if pub is not None:
-        ours = pub["comparable_active_params"]
-        excl = f" (without {', '.join(pub['active_excludes'])})" if pub["active_excludes"] else ""
-        lines += [
-            "",
-            f"published: {_as_published(pub['total'])} total (ours {total / pub['total'] - 1:+.2%}), "
-            f"{_as_published(pub['active'])} active{excl} (ours {_si(ours)}, {ours / pub['active'] - 1:+.2%})",
-            f"  source: {pub['source']}",
-            f"  active counts: {pub['active_counts']}",
-        ]
-        if pub["note"]:
-            lines.append(f"  note: {pub['note']}")
-    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:

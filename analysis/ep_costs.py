@@ -28,8 +28,9 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from moe_impls.config import MoEConfig
 from analysis.flops import ffn_flops_per_row
+from moe_impls.config import MoEConfig
+from moe_impls.expert_parallel import world_size_problem
 
 MAX_RANKS = 1 << 16  # largest world size considered: past any EP deployment, and it keeps E = 10^12 a short loop
 
@@ -100,7 +101,7 @@ def candidate_world_sizes(num_experts: int, ranks_per_node: int) -> list[int]:
     """World sizes EP can run on: divisors of E (each rank holds E / R experts) up to MAX_RANKS that fill whole
     nodes once past one node."""
     E, G = num_experts, ranks_per_node
-    return [r for r in range(1, min(E, MAX_RANKS) + 1) if E % r == 0 and (r <= G or r % G == 0)]
+    return [r for r in range(1, min(E, MAX_RANKS) + 1) if world_size_problem(E, r) is None and (r <= G or r % G == 0)]
 
 
 def all_to_all_seconds(num_bytes: float, world_size: int, cluster: Cluster) -> tuple[float, float, float]:
@@ -145,8 +146,9 @@ def ep_cost(shape: ExpertShape, tokens_per_rank: int, world_size: int, cluster: 
 
     `flops_per_s` is the rate the grouped expert matmuls achieve (measure it; a datasheet peak flatters).
     """
-    if shape.num_experts % world_size:
-        raise ValueError(f"num_experts ({shape.num_experts}) must be divisible by the world size ({world_size})")
+    why = world_size_problem(shape.num_experts, world_size)
+    if why:
+        raise ValueError(why)
     num_bytes = float(tokens_per_rank * shape.bytes_per_token)
     a2a_s, intra, inter = all_to_all_seconds(num_bytes, world_size, cluster)
     compute_s = tokens_per_rank * shape.flops_per_token / flops_per_s

@@ -2,7 +2,7 @@
 
 `ModelConfig` holds what `accounting` needs to count every weight of a real model; `PRESETS` holds published
 models in the style of gpt-fast's `transformer_configs`, each beside the figures its authors published, so the
-tests can check that our counting reproduces them. `moe_layer()` hands the GPU suites the very layer shape the
+tests can check that our counting reproduces them. The presets are data, so they live in `presets.toml`. `moe_layer()` hands the GPU suites the very layer shape the
 calculator counts, so the two never disagree.
 
 Layer layout: layer i (0-based, in each stack) is an MoE layer iff i >= first_k_dense and (i + 1) % moe_every == 0,
@@ -12,9 +12,16 @@ which is Qwen-MoE's `decoder_sparse_step`, Switch's sparse step (layers 1, 3, 5,
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from moe_impls.config import ROUTERS, MoEConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 MODEL_ACTIVATIONS = ("swiglu", "gelu", "relu")
 QK_NORMS = ("none", "head", "full")
@@ -206,127 +213,28 @@ class Preset:
     published: Published
 
 
-PRESETS: dict[str, Preset] = {
-    # HF mistralai/Mixtral-8x7B-v0.1 config.json.
-    "mixtral-8x7b": Preset(
-        ModelConfig(
-            name="mixtral-8x7b", vocab_size=32000, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=8,
-            d_ff=14336, num_experts=8, top_k=2,
-        ),
-        Published(
-            total=46.7e9, active=12.9e9, last_digit=0.1e9,
-            source="https://mistral.ai/news/mixtral-of-experts/ (46.7B total, 12.9B per token); "
-            "arXiv:2401.04088 says 47B and 13B",
-            active_counts="all non-expert weights including embeddings and lm_head, plus 2 of 8 experts per layer",
-        ),
-    ),
-    # HF mistralai/Mixtral-8x22B-v0.1 config.json (the Instruct model's vocabulary is 32768).
-    "mixtral-8x22b": Preset(
-        ModelConfig(
-            name="mixtral-8x22b", vocab_size=32000, d_model=6144, num_layers=56, num_heads=48, num_kv_heads=8,
-            d_ff=16384, num_experts=8, top_k=2,
-        ),
-        Published(
-            total=141e9, active=39e9, last_digit=1e9,
-            source="https://mistral.ai/news/mixtral-8x22b/ (141B total, 39B active)",
-            active_counts="all non-expert weights including embeddings and lm_head, plus 2 of 8 experts per layer",
-        ),
-    ),
-    # HF Qwen/Qwen3-30B-A3B config.json: head_dim 128 != d_model / num_heads, per-head q/k RMSNorm.
-    "qwen3-30b-a3b": Preset(
-        ModelConfig(
-            name="qwen3-30b-a3b", vocab_size=151936, d_model=2048, num_layers=48, num_heads=32, num_kv_heads=4,
-            head_dim=128, d_ff=6144, num_experts=128, top_k=8, expert_d_ff=768, qk_norm="head",
-        ),
-        Published(
-            total=30.5e9, active=3.3e9, last_digit=0.1e9,
-            source="https://huggingface.co/Qwen/Qwen3-30B-A3B (30.5B total, 3.3B activated, 29.9B non-embedding)",
-            active_counts="all non-expert weights including embeddings and lm_head, plus 8 of 128 experts per layer",
-            note="we count 3.35B active, which the card truncates to 3.3B; 29.9B non-embedding = total less "
-            "embedding and lm_head",
-        ),
-    ),
-    # HF Qwen/Qwen1.5-MoE-A2.7B config.json: q/k/v biases; one shared expert of width 5632 behind a sigmoid gate.
-    "qwen1.5-moe-a2.7b": Preset(
-        ModelConfig(
-            name="qwen1.5-moe-a2.7b", vocab_size=151936, d_model=2048, num_layers=24, num_heads=16, d_ff=5632,
-            num_experts=60, top_k=4, expert_d_ff=1408, num_shared_experts=1, shared_d_ff=5632,
-            shared_expert_gate=True, qkv_bias=True, normalize_topk=False,
-        ),
-        Published(
-            total=14.3e9, active=2.7e9, last_digit=0.1e9,
-            source="https://qwenlm.github.io/blog/qwen-moe/ (14.3B total, 2.7B activated, 2.0B activated non-embedding)",
-            active_counts="all non-expert weights including embeddings and lm_head, shared expert, 4 of 60 experts",
-        ),
-    ),
-    # HF allenai/OLMoE-1B-7B-0924 config.json: q/k RMSNorm over the full q and k widths.
-    "olmoe-1b-7b": Preset(
-        ModelConfig(
-            name="olmoe-1b-7b", vocab_size=50304, d_model=2048, num_layers=16, num_heads=16, d_ff=1024,
-            num_experts=64, top_k=8, qk_norm="full", normalize_topk=False,
-        ),
-        Published(
-            total=6.9e9, active=1.3e9, last_digit=0.1e9,
-            source="arXiv:2409.02060, OLMoE paper, Table 1 (6.9B total, 1.3B active)",
-            active_counts="all non-expert weights including embeddings and lm_head, plus 8 of 64 experts per layer",
-            note="we count 1.28B active, 1.4% under the rounded 1.3B",
-        ),
-    ),
-    # HF deepseek-ai/DeepSeek-V2-Lite config.json: MLA without query compression, 2 shared experts, layer 0 dense.
-    "deepseek-v2-lite": Preset(
-        ModelConfig(
-            name="deepseek-v2-lite", vocab_size=102400, d_model=2048, num_layers=27, num_heads=16, d_ff=10944,
-            num_experts=64, top_k=6, expert_d_ff=1408, num_shared_experts=2, first_k_dense=1,
-            kv_lora_rank=512, qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, normalize_topk=False,
-        ),
-        Published(
-            total=15.7e9, active=2.4e9, last_digit=0.1e9,
-            source="arXiv:2405.04434, DeepSeek-V2 paper, Appendix B (15.7B total, 2.4B activated per token)",
-            active_counts="all weights but the input embedding (a lookup, no FLOPs), shared and 6 of 64 routed experts",
-            active_excludes=("embeddings",),
-            note="DeepSeek does not say what it counts; leaving out the embedding is the reading that fits V2-Lite, "
-            "V2 (20.9B -> 21B) and V3 (36.6B -> 37B, where 37.6B with the embedding would not); with it, 2.66B",
-        ),
-    ),
-    # HF deepseek-ai/DeepSeek-V3 config.json: MLA with query compression, 1 shared expert, sigmoid router with
-    # a selection bias, first 3 layers dense, 1 MTP module.
-    "deepseek-v3": Preset(
-        ModelConfig(
-            name="deepseek-v3", vocab_size=129280, d_model=7168, num_layers=61, num_heads=128, d_ff=18432,
-            num_experts=256, top_k=8, expert_d_ff=2048, num_shared_experts=1, first_k_dense=3,
-            router="sigmoid_topk", router_bias=True, q_lora_rank=1536, kv_lora_rank=512, qk_nope_head_dim=128,
-            qk_rope_head_dim=64, v_head_dim=128, num_mtp_layers=1,
-        ),
-        Published(
-            total=671e9, active=37e9, last_digit=1e9,
-            source="arXiv:2412.19437, DeepSeek-V3 technical report, abstract (671B total, 37B activated per token); "
-            "https://huggingface.co/deepseek-ai/DeepSeek-V3 (685B checkpoint = 671B main model + 14B MTP module)",
-            active_counts="all weights but the input embedding (a lookup, no FLOPs), shared and 8 of 256 routed experts",
-            active_excludes=("embeddings",),
-            note="671B excludes the multi-token-prediction (MTP) module; `accounting.checkpoint_params` adds it "
-            "back as the Hub checkpoint stores it (685B). Active with the embedding: 37.6B",
-        ),
-    ),
-    # HF google/switch-base-8 config.json: T5-base (12 encoder + 12 decoder layers, ReLU FFN, tied embeddings)
-    # with every other FFN of each stack (layers 1, 3, ..., 11) made an 8-expert top-1 MoE layer.
-    # Simplification: T5's relative position biases (32 buckets x 12 heads per stack, 768 parameters) are not
-    # counted, and routing is dropless here where Switch drops tokens beyond an expert capacity of 64.
-    "switch-base-8": Preset(
-        ModelConfig(
-            name="switch-base-8", vocab_size=32128, d_model=768, num_layers=12, num_heads=12, head_dim=64,
-            d_ff=3072, num_experts=8, top_k=1, moe_every=2, activation="relu", normalize_topk=False,
-            tie_embeddings=True, num_encoder_layers=12,
-        ),
-        Published(
-            total=0.62e9, active=0.22e9, last_digit=0.01e9,
-            source="https://huggingface.co/google/switch-base-8 (620M, the parameter count of the checkpoint; the "
-            "Switch paper, arXiv:2101.03961, gives none for 8 experts); active: Switch-Base is FLOP-matched to "
-            "T5-Base, 220M in arXiv:1910.10683",
-            active_counts="all weights of both stacks including the shared (tied) embedding, plus 1 of 8 experts "
-            "per MoE layer: T5-Base plus routers",
-        ),
-    ),
-}  # fmt: skip
+PRESETS_FILE = Path(__file__).with_name("presets.toml")
+
+
+def load_presets(path: Path = PRESETS_FILE) -> dict[str, Preset]:
+    """Each table of the file as a Preset: `config` holds ModelConfig fields (the name is the table's), `published`
+    holds Published fields; ValueError naming the preset whose fields are wrong."""
+    presets = {}
+    for name, entry in tomllib.loads(path.read_text()).items():
+        if sorted(entry) != ["config", "published"]:
+            raise ValueError(f"{path}: preset {name!r}: expected tables config and published, got {sorted(entry)}")
+        published = entry["published"]
+        try:
+            presets[name] = Preset(
+                ModelConfig(name=name, **entry["config"]),
+                Published(**{**published, "active_excludes": tuple(published.get("active_excludes", ()))}),
+            )
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: preset {name!r}: {exc}") from None
+    return presets
+
+
+PRESETS: dict[str, Preset] = load_presets()
 
 
 def names() -> list[str]:

@@ -17,6 +17,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from moe_impls.registry import Impl, Resolver, register_resolver, resolve
+
+COMPILE_SUFFIX = "+compile"
 COMPILE_MODE = "default"
 # Every implementation shares MoELayer.forward, so one code object collects a graph per implementation,
 # mode and shape family; torch's default of 8 would silently fall back to eager part-way through a sweep.
@@ -43,3 +46,16 @@ def compile_layer(eager: nn.Module, mode: str = COMPILE_MODE) -> CompiledLayer:
     config.accumulated_recompile_limit = max(config.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT)
     config.fail_on_recompile_limit_hit = True  # an error row, never a silently eager "compiled" row
     return CompiledLayer(eager, mode)
+
+
+def resolve_compiled(name: str) -> Impl | None:
+    """`<impl>+compile` for any resolvable `impl`; None for a name without the suffix."""
+    if not name.endswith(COMPILE_SUFFIX) or len(name) == len(COMPILE_SUFFIX):
+        return None
+    base = resolve(name[: -len(COMPILE_SUFFIX)])
+    if base.compiled:
+        raise KeyError(f"implementation {name!r}: compiled twice")
+    return Impl(name, lambda w: compile_layer(base.build(w)), base.kind + COMPILE_SUFFIX, base.layer_cls, True)
+
+
+register_resolver(Resolver(resolve_compiled, lambda: [f"<impl>{COMPILE_SUFFIX}"]))

@@ -11,9 +11,8 @@ import torch
 from torch import nn
 
 from moe_impls.config import MoEConfig
-from moe_impls.layer import MoELayer
+from moe_impls.layer import LayerRecord, MoELayer
 from moe_impls.registry import get
-from moe_impls.routing import RoutingRecord
 from moe_impls.weights import MoEWeights
 
 
@@ -24,7 +23,7 @@ class SharedExpertMoE(nn.Module):
         super().__init__()
         self.routed, self.shared_expert, self.shared_expert_gate = routed, shared_expert, shared_expert_gate
 
-    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, RoutingRecord]:
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, LayerRecord]:
         y, routing = self.routed(hidden)
         return y + torch.sigmoid(self.shared_expert_gate(hidden)) * self.shared_expert(hidden), routing
 

@@ -1,20 +1,36 @@
-"""The MoE layer every implementation shares: route, compute the experts, restore the input's shape.
+"""The MoE layer every implementation shares: route, dispatch, compute the experts, combine, restore the shape.
 
-An implementation subclasses `MoELayer` and overrides only `compute_experts`, the dispatch-and-compute
-stage; routing, weights and the fp32 combine are shared, so two rows of a benchmark differ in nothing else.
-Legend: T tokens, D d_model, E experts, N assignments.
+An implementation subclasses `MoELayer` and overrides only `dispatch` and `expert_outputs`; routing, weights
+and the fp32 `combine` (moe_impls/dispatch.py) are shared, so two rows of a benchmark differ in nothing else.
+An implementation whose experts combine for themselves (transformers' peers) overrides `compute_experts`.
+Legend: T tokens, D d_model, E experts, N rows handed to the experts.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 from moe_impls.config import MoEConfig
+from moe_impls.dispatch import Dispatch, combine
 from moe_impls.routing import Router, RoutingRecord
 from moe_impls.weights import MoEWeights
+
+
+@dataclass(frozen=True, kw_only=True)
+class LayerRecord(RoutingRecord):
+    """What a layer's forward returns beside its output: the router's record and the rows its experts computed."""
+
+    computed_rows: int | None  # padding and dense_all's idle rows included; None where a plug-in does not say
+
+    @classmethod
+    def from_routing(cls, routing: RoutingRecord, computed_rows: int | None) -> LayerRecord:
+        fields = {f.name: getattr(routing, f.name) for f in dataclasses.fields(RoutingRecord)}
+        return cls(**fields, computed_rows=computed_rows)
 
 
 class MoELayer(nn.Module):
@@ -26,13 +42,13 @@ class MoELayer(nn.Module):
         self.weights = weights  # a shared submodule: every layer built on it trains and times the same tensors
         self.router = Router(weights.cfg)
 
-    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, RoutingRecord]:
-        """[..., D] -> ([..., D], routing record)."""
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, LayerRecord]:
+        """[..., D] -> ([..., D], the routing record with the rows the experts computed)."""
         self._check_input(hidden)
         x_TD = hidden.reshape(-1, self.cfg.d_model)
         routing = self.router(self.weights, x_TD, self.training)
-        y_TD, routing.computed_rows = self.compute_experts(x_TD, routing)
-        return y_TD.to(hidden.dtype).view(hidden.shape), routing
+        y_TD, computed_rows = self.compute_experts(x_TD, routing)
+        return y_TD.to(hidden.dtype).view(hidden.shape), LayerRecord.from_routing(routing, computed_rows)
 
     @property
     def routing_capturable(self) -> bool:
@@ -51,7 +67,16 @@ class MoELayer(nn.Module):
         return False
 
     def compute_experts(self, x_TD: torch.Tensor, routing: RoutingRecord) -> tuple[torch.Tensor, int]:
-        """Return the combined expert output [T, D] (fp32 or the input dtype) and the rows the matmuls computed."""
+        """The combined expert output [T, D] (fp32 or the input dtype) and the rows the matmuls computed."""
+        rows, dispatch = self.dispatch(x_TD, routing)
+        return combine(self.expert_outputs(rows, dispatch), dispatch), dispatch.computed_rows
+
+    def dispatch(self, x_TD: torch.Tensor, routing: RoutingRecord) -> tuple[torch.Tensor, Dispatch]:
+        """The rows the experts take, in the layout `expert_outputs` wants, and where each output row goes back."""
+        raise NotImplementedError
+
+    def expert_outputs(self, rows: torch.Tensor, dispatch: Dispatch) -> torch.Tensor:
+        """[N, D]: one expert output row per row of `dispatch`, in its order (un-padded), for `combine`."""
         raise NotImplementedError
 
     @classmethod

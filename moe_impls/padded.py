@@ -3,24 +3,34 @@
 C is the routing capacity when one is set (overflow was already dropped by the router, as in the Switch
 Transformer), else the largest expert load (dropless). Every row of the buffer is computed, used or not:
 `computed_rows` = E * C shows what the padding costs.
+Legend: T tokens, D d_model, H first-projection width, E experts, C capacity, N assignments.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from moe_impls.experts import activate, combine
+from moe_impls.dispatch import Dispatch
+from moe_impls.experts import activate
 from moe_impls.layer import MoELayer
 from moe_impls.registry import register
 from moe_impls.routing import RoutingRecord, position_in_expert
 
 
+@dataclass(frozen=True)
+class PaddedDispatch(Dispatch):
+    """Assignments in routing order; assignment n sits in row slot_N[n] of the flattened [E * C] buffer."""
+
+    slot_N: torch.Tensor  # int64
+
+
 @register("padded")
 class PaddedMoE(MoELayer):
-    def compute_experts(self, x_TD: torch.Tensor, routing: RoutingRecord) -> tuple[torch.Tensor, int]:
+    def dispatch(self, x_TD: torch.Tensor, routing: RoutingRecord) -> tuple[torch.Tensor, PaddedDispatch]:
         T, D = x_TD.shape
         E = self.cfg.num_experts
-        experts = self.weights.experts
         capacity = self.cfg.capacity(T)
         if capacity is None:
             capacity = int(routing.tokens_per_expert_E.max()) if T else 0
@@ -29,7 +39,11 @@ class PaddedMoE(MoELayer):
         buffer_ECD = (
             x_TD.new_zeros(E * capacity, D).index_copy(0, slot_N, x_TD[routing.token_idx_N]).view(E, capacity, D)
         )
+        dispatch = PaddedDispatch(T, routing.token_idx_N, routing.weight_N, E * capacity, slot_N)
+        return buffer_ECD, dispatch
+
+    def expert_outputs(self, buffer_ECD: torch.Tensor, dispatch: PaddedDispatch) -> torch.Tensor:
+        experts = self.weights.experts
         h_ECH = torch.bmm(buffer_ECD, experts.w_in_EHD.transpose(1, 2))
         out_ECD = torch.bmm(activate(h_ECH, self.cfg.activation), experts.w_out_EDF.transpose(1, 2))
-        out_ND = out_ECD.view(E * capacity, D)[slot_N]
-        return combine(T, routing.token_idx_N, out_ND, routing.weight_N), E * capacity
+        return out_ECD.view(dispatch.computed_rows, out_ECD.shape[-1])[dispatch.slot_N]

@@ -24,7 +24,7 @@ from torch import nn
 
 from moe_impls.config import MoEConfig
 from moe_impls.layer import MoELayer
-from moe_impls.registry import register
+from moe_impls.registry import register, register_unavailable
 from moe_impls.routing import RoutingRecord
 from moe_impls.weights import MoEWeights
 
@@ -69,7 +69,7 @@ def hf_experts(cfg: MoEConfig, weights: MoEWeights, experts_implementation: str)
 
 
 class TransformersExpertsMoE(MoELayer):
-    """Our router and combine-free shell around one transformers experts implementation."""
+    """Our router around one transformers experts implementation, which dispatches and combines for itself."""
 
     experts_implementation: ClassVar[str]
 
@@ -135,7 +135,16 @@ PEERS: dict[str, type[TransformersExpertsMoE]] = {
     "hf_batched_mm": HFBatchedMMMoE,
     "hf_grouped_mm": HFGroupedMMMoE,
 }
+
+
+def register_peers(why: str | None) -> None:
+    """Registered only where they can run; elsewhere each name resolves to `why` rather than 'unknown'."""
+    for name, cls in PEERS.items():
+        if why is None:
+            register(name)(cls)
+        else:
+            register_unavailable(name, why)
+
+
 _UNAVAILABLE = unavailable_reason()
-if _UNAVAILABLE is None:  # registered only where they can run; `absent()` says why otherwise
-    for _name, _cls in PEERS.items():
-        register(_name)(_cls)
+register_peers(_UNAVAILABLE)

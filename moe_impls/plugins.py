@@ -25,6 +25,8 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from moe_impls.registry import Impl, Resolver, register_resolver
+
 if TYPE_CHECKING:
     from torch import nn
 
@@ -63,6 +65,11 @@ def factory(name: str) -> Callable[[MoEWeights], nn.Module] | None:
     return _Builder(name, ep.load) if ep is not None else None
 
 
+def resolve_plugin(name: str) -> Impl | None:
+    build = factory(name)
+    return Impl(name, build, "plugin") if build is not None else None
+
+
 class _Builder:
     """Imports the plug-in on first use and checks what its factory returns."""
 
@@ -79,3 +86,6 @@ class _Builder:
         if not isinstance(module, nn.Module):
             raise TypeError(f"plug-in {self.name!r}: factory returned {type(module).__name__}, expected nn.Module")
         return module
+
+
+register_resolver(Resolver(resolve_plugin, lambda: [*entry_point_names(), "module.path:factory"]))

@@ -6,7 +6,10 @@ returns an `Impl`, a factory `weights -> nn.Module`:
     <impl>+compile                           `impl` under torch.compile (moe_impls/compiled.py)
     a plug-in entry point's name             group `moe_bench.impls` (moe_impls/plugins.py)
     package.module:factory                   a plug-in named by its import path
-A plug-in is imported only when its factory is first called, so an import error belongs to the point that hit it.
+The registry knows no family of implementations: each registers itself when `moe_impls` imports it, a class by
+`register`, a name it cannot run here by `register_unavailable` (with the reason), and names it resolves on
+demand by `register_resolver`. A plug-in is imported only when its factory is first called, so an import
+error belongs to the point that hit it.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ if TYPE_CHECKING:
     from moe_impls.weights import MoEWeights
 
 _IMPLS: dict[str, type[MoELayer]] = {}
+_UNAVAILABLE: dict[str, str] = {}  # name -> why it cannot run here
+_RESOLVERS: list[Resolver] = []
 L = TypeVar("L", bound="type[MoELayer]")
-COMPILE_SUFFIX = "+compile"
 
 
 def register(name: str) -> Callable[[L], L]:
@@ -72,28 +76,35 @@ class Impl:
         return self.layer_cls.predicted_bytes(cfg, tokens, dtype, mode) if self.layer_cls is not None else None
 
 
+@dataclass(frozen=True)
+class Resolver:
+    """Names a family resolves on demand (compiled variants, plug-ins), which the registry cannot list ahead."""
+
+    resolve: Callable[[str], Impl | None]  # None: not a name of this family
+    known: Callable[[], list[str]]  # the names or forms it accepts, for the unknown-name error
+
+
+def register_unavailable(name: str, why: str) -> None:
+    """`name` is an implementation that cannot run here: resolving it raises `why` instead of 'unknown'."""
+    _UNAVAILABLE[name] = why
+
+
+def register_resolver(resolver: Resolver) -> None:
+    _RESOLVERS.append(resolver)
+
+
 def resolve(name: str) -> Impl:
     """The `Impl` for any runnable name; KeyError (one line, with the known names) for anything else."""
-    if name.endswith(COMPILE_SUFFIX) and len(name) > len(COMPILE_SUFFIX):
-        from moe_impls.compiled import compile_layer
-
-        base = resolve(name[: -len(COMPILE_SUFFIX)])
-        if base.compiled:
-            raise KeyError(f"implementation {name!r}: compiled twice")
-        return Impl(name, lambda w: compile_layer(base.build(w)), base.kind + COMPILE_SUFFIX, base.layer_cls, True)
     if name in _IMPLS:
         return Impl(name, _IMPLS[name], "builtin", _IMPLS[name])
-    from moe_impls import peers, plugins
-
-    if name in peers.absent():
-        raise KeyError(f"implementation {name!r}: {peers.absent()[name]}")
-    build = plugins.factory(name)
-    if build is None:
-        known = names() + plugins.entry_point_names()
-        raise KeyError(
-            f"unknown implementation {name!r}; known: {', '.join(known)}, <impl>{COMPILE_SUFFIX}, or module.path:factory"
-        )
-    return Impl(name, build, "plugin")
+    if name in _UNAVAILABLE:
+        raise KeyError(f"implementation {name!r}: {_UNAVAILABLE[name]}")
+    for resolver in _RESOLVERS:
+        impl = resolver.resolve(name)
+        if impl is not None:
+            return impl
+    *known, last = names() + [form for resolver in _RESOLVERS for form in resolver.known()]
+    raise KeyError(f"unknown implementation {name!r}; known: {', '.join(known)}, or {last}")
 
 
 def is_known(name: str) -> bool:

@@ -18,7 +18,7 @@ from moe_impls.config import MoEConfig, SyntheticRouting
 from moe_impls.weights import MoEWeights
 
 
-@dataclass
+@dataclass(frozen=True)
 class RoutingRecord:
     """What the router decided for one forward, plus what the balance statistics and losses need."""
 
@@ -33,7 +33,6 @@ class RoutingRecord:
     weight_TK: torch.Tensor | None = None
     clean_logits_TE: torch.Tensor | None = None  # noisy top-k only: x W_g
     noise_std_TE: torch.Tensor | None = None  # noisy top-k only: softplus(x W_noise); None in eval
-    computed_rows: int | None = None  # rows the expert matmuls computed (set by the implementation)
 
     @property
     def num_tokens(self) -> int:

@@ -2,6 +2,7 @@
 
 `grouped_mm` is the seam: `torch.nn.functional.grouped_mm` where the device and dtype allow it
 (CUDA: bf16; CPU: any float; rows aligned to 16 bytes), else a per-segment loop that computes the same.
+Legend: N assignments, D d_model, H first-projection width, E experts, I/O a matmul's input/output width.
 """
 
 from __future__ import annotations
@@ -9,14 +10,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from moe_impls.experts import activate, combine
+from moe_impls.dispatch import SortedDispatch, sort_by_expert
+from moe_impls.experts import activate
 from moe_impls.layer import MoELayer
 from moe_impls.registry import register
 from moe_impls.routing import RoutingRecord
 
 
 def grouped_mm_supported(x_NI: torch.Tensor, w_EOI: torch.Tensor) -> bool:
-    """What the torch kernel requires: same dtype, bf16 on CUDA, and 16-byte aligned contraction rows."""
+    """What the torch kernel requires: same dtype, bf16 on CUDA, and rows of I and of O aligned to 16 bytes.
+
+    The forward contracts over I; the backward's grouped_mm contracts the output gradient [N, O] over O, so
+    an aligned I alone passes the forward and fails the train step ("strides should be multiple of 16 bytes").
+    """
     if not hasattr(F, "grouped_mm") or x_NI.dtype != w_EOI.dtype or not x_NI.dtype.is_floating_point:
         return False
     if x_NI.device.type == "cuda" and x_NI.dtype != torch.bfloat16:
@@ -25,7 +31,7 @@ def grouped_mm_supported(x_NI: torch.Tensor, w_EOI: torch.Tensor) -> bool:
         return False
     if torch.compiler.is_compiling() and x_NI.dtype != torch.bfloat16:
         return False  # torch's fake-tensor rule for grouped_mm accepts bf16 only, though the CPU kernel takes more
-    return (x_NI.shape[-1] * x_NI.element_size()) % 16 == 0
+    return all(width * x_NI.element_size() % 16 == 0 for width in w_EOI.shape[-2:])
 
 
 @register("sort_group")
@@ -37,16 +43,16 @@ class SortGroupMoE(MoELayer):
         kernel = grouped_mm_supported(w.w_in_EHD[0], w.w_in_EHD) and grouped_mm_supported(w.w_out_EDF[0], w.w_out_EDF)
         return self.routing_capturable and kernel
 
-    def compute_experts(self, x_TD: torch.Tensor, routing: RoutingRecord) -> tuple[torch.Tensor, int]:
+    def dispatch(self, x_TD: torch.Tensor, routing: RoutingRecord) -> tuple[torch.Tensor, SortedDispatch]:
+        """x_ND, the assignments' rows gathered into contiguous per-expert segments."""
+        dispatch = sort_by_expert(x_TD, routing)
+        return x_TD[dispatch.token_idx_N], dispatch
+
+    def expert_outputs(self, x_ND: torch.Tensor, dispatch: SortedDispatch) -> torch.Tensor:
         experts = self.weights.experts
-        with torch.no_grad():
-            order_N = torch.sort(routing.expert_idx_N, stable=True).indices
-            token_idx_N = routing.token_idx_N[order_N]
-            offsets_E = torch.cumsum(routing.tokens_per_expert_E, 0).to(torch.int32)
-        x_ND = x_TD[token_idx_N]
+        offsets_E = dispatch.offsets_E()
         h_NH = self.grouped_mm(x_ND, experts.w_in_EHD, offsets_E)
-        out_ND = self.grouped_mm(activate(h_NH, self.cfg.activation), experts.w_out_EDF, offsets_E)
-        return combine(x_TD.shape[0], token_idx_N, out_ND, routing.weight_N[order_N]), token_idx_N.numel()
+        return self.grouped_mm(activate(h_NH, self.cfg.activation), experts.w_out_EDF, offsets_E)
 
     def grouped_mm(self, x_NI: torch.Tensor, w_EOI: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:
         """Rows of segment e (ending at offsets_E[e]) times w_EOI[e].T -> [N, O]."""

@@ -11,6 +11,24 @@ from __future__ import annotations
 import argparse
 import sys
 
+# compare's options -> their argparse keywords; numbers are read as text and checked by reports.compare
+COMPARE_OPTIONS: dict[str, dict] = {
+    "--threshold": {"default": "5%", "help": "smallest change that counts, e.g. 5%% or 0.05 (default 5%%)"},
+    "--metric": {
+        "choices": ("latency", "ratio", "counters"),
+        "default": "latency",
+        "help": "latency: median ms; ratio: median / the same run's flop_matched median (portable across machines); "
+        "counters: exact gate on the deterministic counters (host syncs, ATen ops, FLOPs, bytes; no threshold)",
+    },
+    "--alpha": {"default": "0.01", "help": "significance level of the test, in (0, 1) (default 0.01)"},
+    "--seed": {"default": "0", "help": "seed of the bootstrap resampling, >= 0 (default 0)"},
+    "--strict": {
+        "action": "store_true",
+        "help": "exit 1 when a point was timed on a disturbed machine in BASE or NEW; without it such a point is "
+        "'ambiguous' (with the reason) and does not fail",
+    },
+}
+
 
 def register(subparsers) -> None:
     report = subparsers.add_parser("report", help="render report.md, report.html and the plots of a run directory")
@@ -31,24 +49,8 @@ def register(subparsers) -> None:
     )
     compare.add_argument("base_dir", metavar="BASE_DIR", help="the reference run")
     compare.add_argument("new_dir", metavar="NEW_DIR", help="the run under test")
-    compare.add_argument(
-        "--threshold", default="5%", help="smallest change that counts, e.g. 5%% or 0.05 (default 5%%)"
-    )
-    compare.add_argument(
-        "--metric",
-        choices=("latency", "ratio", "counters"),
-        default="latency",
-        help="latency: median ms; ratio: median / the same run's flop_matched median (portable across machines); "
-        "counters: exact gate on the deterministic counters (host syncs, ATen ops, FLOPs, bytes; no threshold)",
-    )
-    compare.add_argument("--alpha", default="0.01", help="significance level of the test, in (0, 1) (default 0.01)")
-    compare.add_argument("--seed", default="0", help="seed of the bootstrap resampling, >= 0 (default 0)")
-    compare.add_argument(
-        "--strict",
-        action="store_true",
-        help="exit 1 when a point was timed on a disturbed machine in BASE or NEW; without it such a point is "
-        "'ambiguous' (with the reason) and does not fail",
-    )
+    for flag, options in COMPARE_OPTIONS.items():
+        compare.add_argument(flag, **options)
     compare.set_defaults(func=run_compare)
 
 
@@ -83,8 +85,8 @@ def run_compare(args: argparse.Namespace) -> int:
             comparison = compare_runs(
                 args.base_dir,
                 args.new_dir,
-                threshold,
-                args.metric,
+                threshold=threshold,
+                metric=args.metric,
                 alpha=alpha,
                 seed=seed,
                 strict=args.strict,

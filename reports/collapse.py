@@ -36,7 +36,7 @@ def tail_window(steps: int) -> int:
     return max(1, steps // 10)
 
 
-def summary_table(results_dir: Path | str) -> pd.DataFrame:
+def collapse_table(results_dir: Path | str) -> pd.DataFrame:
     """One row per setting, in run order: balance averaged over the last tenth of the steps, held-out loss at the end.
 
     dead_experts counts experts that received no assignment in any step of that window, so a momentary gap
@@ -69,7 +69,7 @@ def summary_table(results_dir: Path | str) -> pd.DataFrame:
 def render_collapse(results_dir: Path | str, out_dir: Path | str) -> list[Path]:
     """Write collapse_heatmap.png, collapse_curves.png, collapse_tradeoff.png and collapse.md; return their paths."""
     rows, meta = load_collapse(results_dir)
-    summary = summary_table(results_dir)
+    summary = collapse_table(results_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [

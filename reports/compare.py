@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from reports.cells import fmt_ms, fmt_value
 from reports.disturbed import reasons_by_point
-from reports.facets import GROUP_COLUMNS, POINT_COLUMNS, fmt_value, group_label, point_key, row_group_labels
+from reports.facets import GROUP_COLUMNS, POINT_COLUMNS, group_label, point_key, row_group_labels
 from reports.load import load_run, paused_gc, samples_column
 from reports.match import first_match
 from reports.stats import bootstrap_medians, bootstrap_p, by_sizes, chunks, interval, mann_whitney_u
-from reports.tables import fmt_ms
 
 METRICS = ("latency", "ratio")
 VERDICTS = ("slower", "ambiguous", "faster", "same")
@@ -72,6 +72,17 @@ class Comparison:
     only_new: list[tuple[str, str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     strict: bool = False
+
+    def verdict(self, change: float, ci: tuple[float, float], p: float) -> str:
+        """slower/faster: significant at alpha and beyond the threshold; same: the CI inside it; else ambiguous."""
+        hi, lo = 1 + self.threshold, 1 / (1 + self.threshold)
+        if p < self.alpha and change > hi:
+            return "slower"
+        if p < self.alpha and change < lo:
+            return "faster"
+        if lo <= ci[0] and ci[1] <= hi:
+            return "same"
+        return "ambiguous"
 
     def count(self, verdict: str) -> int:
         return sum(p.verdict == verdict for p in self.points)
@@ -170,15 +181,16 @@ def parse_seed(text: str | int) -> int:
     return int(raw)
 
 
-def compare_runs(base_dir, new_dir, threshold: float = 0.05, metric: str = "latency", **kw) -> Comparison:
+def compare_runs(base_dir, new_dir, **options) -> Comparison:
+    """Both runs read and judged; `options` are compare_frames' (threshold, metric, alpha, n_boot, seed, strict)."""
     try:
         (base_meta, base), (new_meta, new) = _load_both(Path(base_dir), Path(new_dir))
     except ValueError as exc:
         raise CompareInputError(str(exc)) from None
     with paused_gc():
-        comparison = compare_frames(base, new, threshold, metric, **kw)
+        comparison = compare_frames(base, new, **options)
     devices = [m.get("device_name") or m.get("device") for m in (base_meta, new_meta)]
-    if metric == "latency" and devices[0] != devices[1]:
+    if comparison.metric == "latency" and devices[0] != devices[1]:
         comparison.notes.append(
             f"BASE ran on {devices[0]}, NEW on {devices[1]}: latencies across machines differ; use --metric ratio."
         )
@@ -244,6 +256,7 @@ def _references(df: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
 def compare_frames(
     base: pd.DataFrame,
     new: pd.DataFrame,
+    *,
     threshold: float = 0.05,
     metric: str = "latency",
     alpha: float = 0.01,
@@ -267,7 +280,7 @@ def compare_frames(
         for i, impl, status, error in zip(lost.index, lost["impl"], lost["status"], lost["error"])
     ]
     b, n = b[b_ok & n_ok], n[b_ok & n_ok]
-    sets = _ratio_sets(base, new, b, n, n_labels, result.notes) if metric == "ratio" else [b, n]
+    sets = _ratio_sets(Pair(base, new), Pair(b, n), n_labels, result.notes) if metric == "ratio" else [b, n]
     b, n = sets[0], sets[len(sets) // 2]  # the compared rows; ratio sets hold their references beside them
     medians, ci, p, tested = _judge([samples_column(f) for f in sets], n_boot, np.random.default_rng(seed))
     base_value, new_value = _sides(medians)
@@ -283,7 +296,7 @@ def compare_frames(
         elif not tested[i]:
             verdict, note = "ambiguous", f"fewer than {MIN_SAMPLES} samples"
         else:
-            verdict, note = _verdict(change, ci[i], p[i], threshold, alpha), ""
+            verdict, note = result.verdict(change, ci[i], p[i]), ""
         point = PointVerdict(label, impl, base_value[i], new_value[i], change, ci[i], p[i], verdict, note, bool(why[i]))
         result.points.append(point)
     if not result.points and not result.broken:
@@ -291,12 +304,20 @@ def compare_frames(
     return result
 
 
-def _ratio_sets(base, new, b: pd.DataFrame, n: pd.DataFrame, labels: pd.Series, notes: list[str]) -> list:
-    """[b, b's reference, n, n's reference] over the rows of b and n (paired) that have a flop_matched reference
-    in both runs; the reference rows themselves are not compared. A note counts the rows left out."""
-    keep = (n["impl"] != REFERENCE).to_numpy()
-    b, n = b[keep], n[keep]
-    b_ref, n_ref = _references(base, b), _references(new, n)
+@dataclass(frozen=True)
+class Pair:
+    """The BASE and NEW sides of one thing: the two runs, or their compared rows (paired by position)."""
+
+    base: pd.DataFrame
+    new: pd.DataFrame
+
+
+def _ratio_sets(runs: Pair, rows: Pair, labels: pd.Series, notes: list[str]) -> list:
+    """[b, b's reference, n, n's reference] over the compared rows (b, n) that have a flop_matched reference in
+    both runs; the reference rows themselves are not compared. A note counts the rows left out."""
+    keep = (rows.new["impl"] != REFERENCE).to_numpy()
+    b, n = rows.base[keep], rows.new[keep]
+    b_ref, n_ref = _references(runs.base, b), _references(runs.new, n)
     has = (b_ref["impl"].notna() & n_ref["impl"].notna()).to_numpy()
     if not has.all():
         first = n.index[~has][0]
@@ -353,14 +374,3 @@ def _why_disturbed(side: str, df: pd.DataFrame, rows: pd.DataFrame, refs: pd.Dat
         found = [reasons[k] for k in dict.fromkeys((key, ref_key)) if k in reasons]
         out.append(f"disturbed in {side}: {'; '.join(found)}" if found else "")
     return out
-
-
-def _verdict(change: float, ci: tuple[float, float], p: float, threshold: float, alpha: float) -> str:
-    hi, lo = 1 + threshold, 1 / (1 + threshold)
-    if p < alpha and change > hi:
-        return "slower"
-    if p < alpha and change < lo:
-        return "faster"
-    if lo <= ci[0] and ci[1] <= hi:
-        return "same"
-    return "ambiguous"

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from reports.cells import fmt_value, number
 from reports.document import Block, Para, Table
-from reports.facets import fmt_value, point_key
+from reports.facets import point_key
 
 DISTURBED = "(disturbed)"  # beside a value in a table
 NO_VERDICT = "disturbed, no verdict"  # in place of a verdict
@@ -42,7 +43,7 @@ def banner(df: pd.DataFrame, labels: dict[int, str]) -> list[Block]:
         first = pts.iloc[0]
         impls = ", ".join(sorted(pts.loc[pts["disturbed"].eq(True), "impl"])) or "-"
         label = labels.get(pts.index[0], "-")
-        rows.append([label, fmt_value(first["tokens"]), fmt_value(first["routing"]), impls, reasons.get(key, "-")])
+        rows.append([label, number(first["tokens"]), fmt_value(first["routing"]), impls, reasons.get(key, "-")])
     total = keys.nunique()
     blocks: list[Block] = [
         Para(

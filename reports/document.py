@@ -1,5 +1,8 @@
 """A report as a list of blocks, written out twice: Markdown (PNG files beside it) and one self-contained HTML.
 
+Table cells arrive typed (reports.cells): here, at the edge, they become text, and a number is right-aligned
+because it is a `Number`, not because its text parses as one.
+
 The HTML embeds every image as a base64 data URI and carries its CSS inline, so the file can be mailed, attached
 to a CI run or opened offline, and references nothing outside itself.
 """
@@ -10,6 +13,8 @@ import base64
 import html
 from dataclasses import dataclass
 from pathlib import Path
+
+from reports.cells import Cell, Number, cell_text
 
 
 @dataclass(frozen=True)
@@ -27,7 +32,7 @@ class Para:
 @dataclass(frozen=True)
 class Table:
     headers: list[str]
-    rows: list[list[str]]
+    rows: list[list[Cell]]
     caption: str = ""
 
 
@@ -54,8 +59,8 @@ caption{caption-side:top;text-align:left;font-weight:600;padding:.2em 0}
 """
 
 
-def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def _md_cell(cell: Cell) -> str:
+    return cell_text(cell).replace("|", "\\|").replace("\n", " ")
 
 
 def to_markdown(blocks: list[Block], image_dir: Path) -> str:
@@ -75,19 +80,15 @@ def to_markdown(blocks: list[Block], image_dir: Path) -> str:
     return "\n".join(out)
 
 
-def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
+def markdown_table(headers: list[str], rows: list[list[Cell]]) -> str:
     lines = ["| " + " | ".join(_md_cell(h) for h in headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
-def _is_number(text: str) -> bool:
-    head = str(text).split(" ")[0].lstrip("+-x×").rstrip("%x")
-    try:
-        float(head)
-    except ValueError:
-        return False
-    return True
+def _html_cell(cell: Cell) -> str:
+    text = html.escape(cell_text(cell))
+    return f'<td class="num">{text}</td>' if isinstance(cell, Number) else f"<td>{text}</td>"
 
 
 def to_html(blocks: list[Block], title: str) -> str:
@@ -102,12 +103,7 @@ def to_html(blocks: list[Block], title: str) -> str:
         elif isinstance(b, Table):
             cap = f"<caption>{esc(b.caption)}</caption>" if b.caption else ""
             head = "".join(f"<th>{esc(h)}</th>" for h in b.headers)
-            rows = "".join(
-                "<tr>"
-                + "".join(f'<td class="num">{esc(c)}</td>' if _is_number(c) else f"<td>{esc(c)}</td>" for c in row)
-                + "</tr>"
-                for row in b.rows
-            )
+            rows = "".join("<tr>" + "".join(map(_html_cell, row)) + "</tr>" for row in b.rows)
             body.append(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif isinstance(b, Image):
             data = base64.b64encode(b.path.read_bytes()).decode("ascii")

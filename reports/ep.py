@@ -2,34 +2,24 @@
 
 Reads only the run directory: `expert_parallel` rows of results.jsonl (columns in `suites.schema.EP_COLUMNS`)
 and run.json's `ep_model`, which the runner writes after each launch (the link and FLOP rate fitted to the
-measured rows, and each row's predicted dispatch, combine and compute; see `suites.ep_run.calibrate`). The
-report never refits, so it needs nothing from suites but the schema.
-
-`ep_blocks` returns document blocks for the main report; `render_ep` writes them alone as ep.md with its PNGs.
+measured rows, and each row's predicted dispatch, combine and compute; see `analysis.ep_calibration`). The
+report never refits, so it needs nothing from suites but the schema. `ep_blocks` returns the main report's
+section.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from reports.document import Block, Heading, Image, Para, Table, to_markdown
-from reports.load import read_rows
+from reports.cells import Cell, number, significant
+from reports.document import Block, Heading, Image, Para, Table
+from reports.ep_rows import ep_model, ep_rows
 from reports.plots.style import new_figure, save, tex
+from suites.schema import STAGES
 
-EP_IMPL = "expert_parallel"
-STAGES = ("routing", "dispatch", "compute", "combine")
 STAGE_COLOURS = {"routing": "#9467bd", "dispatch": "#ff7f0e", "compute": "#2ca02c", "combine": "#d62728"}
-
-
-def _ep_rows(results_dir: Path) -> list[dict]:
-    path = results_dir / "results.jsonl"
-    if not path.is_file():
-        return []
-    # The lines read_rows leaves out were reported by load_run, which the report calls first.
-    return [r for r in read_rows(path, ignored=[], mentioning=f'"{EP_IMPL}"') if r.get("impl") == EP_IMPL]
 
 
 def _groups(rows: list[dict]) -> dict[tuple, list[dict]]:
@@ -49,11 +39,9 @@ def _label(key: tuple) -> str:
 def ep_blocks(results_dir: str | Path, out_dir: str | Path) -> list[Block]:
     """The section's blocks (PNGs written under out_dir); [] when the run has no expert-parallel rows."""
     results_dir, out_dir = Path(results_dir), Path(out_dir)
-    rows = _ep_rows(results_dir)
+    rows = ep_rows(results_dir)
     if not rows:
         return []
-    meta_path = results_dir / "run.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     groups = _groups(rows)
     blocks: list[Block] = [
         Heading("Expert parallelism"),
@@ -70,19 +58,20 @@ def ep_blocks(results_dir: str | Path, out_dir: str | Path) -> list[Block]:
         blocks.append(_scaling_table(groups))
         blocks.append(_split_plot(groups, out_dir))
         blocks.append(_bytes_plot(groups, out_dir))
-    blocks += _model_blocks(meta.get("ep_model"), out_dir)
+    blocks += _model_blocks(ep_model(results_dir), out_dir)
     return blocks
 
 
-def render_ep(results_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    """Write ep.md and its PNGs into out_dir; returns the written paths ([] without expert-parallel rows)."""
-    out_dir = Path(out_dir)
-    blocks = ep_blocks(results_dir, out_dir)
-    if not blocks:
-        return []
-    md = out_dir / "ep.md"
-    md.write_text(to_markdown(blocks, out_dir))
-    return [md, *(b.path for b in blocks if isinstance(b, Image))]
+def _three_places(x: float) -> str:
+    return f"{x:.3f}"
+
+
+def _times(x: float) -> str:
+    return f"{x:.2f}x"
+
+
+def _whole_percent(x: float) -> str:
+    return f"{x:.0%}"
 
 
 def _scaling_table(groups: dict[tuple, list[dict]]) -> Table:
@@ -92,19 +81,18 @@ def _scaling_table(groups: dict[tuple, list[dict]]) -> Table:
         for r in runs:
             split = r["split_ms"]
             comm = split["dispatch"] + split["combine"]
-            rows.append(
-                [
-                    _label(key),
-                    str(r["world_size"]),
-                    f"{r['latency_ms_median']:.3g}",
-                    *(f"{split[s]:.3g}" for s in STAGES),
-                    f"{split['compute'] / comm:.2g}" if comm > 0 else "",
-                    f"{np.mean(r['rank_bytes_sent']) / 1024:.4g}",
-                    f"{r['rank_imbalance']:.3f}" if r.get("rank_imbalance") else "",
-                    # weak scaling: tokens per second against the smallest world size measured
-                    f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x",
-                ]
-            )
+            row: list[Cell] = [
+                _label(key),
+                number(r["world_size"]),
+                number(r["latency_ms_median"], significant(3)),
+                *(number(split[s], significant(3)) for s in STAGES),
+                number(split["compute"] / comm, significant(2)) if comm > 0 else "",
+                number(np.mean(r["rank_bytes_sent"]) / 1024, significant(4)),
+                number(r["rank_imbalance"], _three_places) if r.get("rank_imbalance") else "",
+                # weak scaling: tokens per second against the smallest world size measured
+                number(r["tokens_per_s"] / base["tokens_per_s"], _times),
+            ]
+            rows.append(row)
     headers = ["point", "ranks", "ms", *(f"{s} ms" for s in STAGES), "compute/comm", "KiB sent/rank"]
     headers += ["rows max/mean", f"tokens/s vs {min(r[0]['world_size'] for r in groups.values())} rank(s)"]
     return Table(headers, rows, caption="Scaling: time split, bytes and load per rank by world size")
@@ -173,41 +161,48 @@ def _model_blocks(model: dict | None, out_dir: Path) -> list[Block]:
             "One-rank rows are predicted no communication: their error is the local cost of dispatch and combine."
         )
     )
-    rows = []
-    for label, errors in (("all fitted", model["comm_error_by_world_size"]),) + (
-        ((f"fit on {model['holdout']['fit_world_sizes']} only", model["holdout"]["comm_error_by_world_size"]),)
-        if "comm_error_by_world_size" in model.get("holdout", {})
-        else ()
-    ):
-        for w, e in errors.items():
-            rel = f"{e['mean_abs_rel_err']:.0%}" if e["mean_abs_rel_err"] is not None else ""
-            rows.append([label, w, str(e["points"]), f"{e['mean_abs_err_ms']:.3g}", rel])
-    blocks.append(
-        Table(
-            ["calibration", "ranks", "points", "mean |pred - meas| ms", "mean |rel err|"],
-            rows,
-            caption="Predicted against measured dispatch + combine",
-        )
-    )
+    blocks.append(_model_error_table(model))
     points = [p for p in model["points"] if p["world_size"] > 1]
     if points:
-        fig, axes = new_figure(width=4.8, height=4.0)
-        ax = axes[0][0]
-        for w in sorted({p["world_size"] for p in points}):
-            mine = [p for p in points if p["world_size"] == w]
-            meas = [p["measured_dispatch_ms"] + p["measured_combine_ms"] for p in mine]
-            pred = [p["predicted_dispatch_ms"] + p["predicted_combine_ms"] for p in mine]
-            ax.scatter(meas, pred, label=f"{w} ranks")
-        top = max(max(p["measured_dispatch_ms"] + p["measured_combine_ms"] for p in points), 1e-3) * 1.1
-        ax.plot([0, top], [0, top], color="#888", linestyle="--", linewidth=1)
-        ax.set_xlabel("measured dispatch + combine (ms)")
-        ax.set_ylabel("predicted (ms)")
-        ax.legend(fontsize=8)
-        plot = save(
-            fig,
-            out_dir / "ep_model.png",
-            "Cost model: predicted against measured all-to-all time",
-            "Each point is one shape and token count; on the dashed line the model is exact.",
-        )
-        blocks.append(Image(plot.path, plot.title, plot.caption))
+        blocks.append(_model_plot(points, out_dir))
     return blocks
+
+
+def _model_error_table(model: dict) -> Table:
+    """Mean prediction error per world size, for the full fit and for the hold-out fit when there is one."""
+    fits = [("all fitted", model["comm_error_by_world_size"])]
+    holdout = model.get("holdout", {})
+    if "comm_error_by_world_size" in holdout:
+        fits.append((f"fit on {holdout['fit_world_sizes']} only", holdout["comm_error_by_world_size"]))
+    rows = []
+    for label, errors in fits:
+        for w, e in errors.items():
+            rel = number(e["mean_abs_rel_err"], _whole_percent) if e["mean_abs_rel_err"] is not None else ""
+            rows.append([label, number(int(w)), number(e["points"]), number(e["mean_abs_err_ms"], significant(3)), rel])
+    return Table(
+        ["calibration", "ranks", "points", "mean |pred - meas| ms", "mean |rel err|"],
+        rows,
+        caption="Predicted against measured dispatch + combine",
+    )
+
+
+def _model_plot(points: list[dict], out_dir: Path) -> Image:
+    fig, axes = new_figure(width=4.8, height=4.0)
+    ax = axes[0][0]
+    for w in sorted({p["world_size"] for p in points}):
+        mine = [p for p in points if p["world_size"] == w]
+        meas = [p["measured_dispatch_ms"] + p["measured_combine_ms"] for p in mine]
+        pred = [p["predicted_dispatch_ms"] + p["predicted_combine_ms"] for p in mine]
+        ax.scatter(meas, pred, label=f"{w} ranks")
+    top = max(max(p["measured_dispatch_ms"] + p["measured_combine_ms"] for p in points), 1e-3) * 1.1
+    ax.plot([0, top], [0, top], color="#888", linestyle="--", linewidth=1)
+    ax.set_xlabel("measured dispatch + combine (ms)")
+    ax.set_ylabel("predicted (ms)")
+    ax.legend(fontsize=8)
+    plot = save(
+        fig,
+        out_dir / "ep_model.png",
+        "Cost model: predicted against measured all-to-all time",
+        "Each point is one shape and token count; on the dashed line the model is exact.",
+    )
+    return Image(plot.path, plot.title, plot.caption)

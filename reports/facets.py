@@ -15,6 +15,8 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
+from reports.cells import fmt_value
+
 GROUP_COLUMNS = (
     "shape",
     "d_model",
@@ -82,14 +84,6 @@ def prefer_routing(rows: pd.DataFrame, routing: str | None) -> pd.DataFrame:
         return rows
     first = (rows["routing"].fillna("") != (routing or "")).astype(int)
     return rows.assign(_o=first.to_numpy()).sort_values(["_o", "tokens"], kind="stable").drop(columns="_o")
-
-
-def fmt_value(value) -> str:
-    if value is None or (isinstance(value, float) and pd.isna(value)):
-        return "-"
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def group_label(key: dict) -> str:

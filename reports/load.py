@@ -22,7 +22,13 @@ import pandas as pd
 
 from reports.facets import point_key
 from reports.stats import by_sizes
-from suites.schema import RESULT_COLUMNS, SCHEMA_VERSION
+from suites.schema import (
+    LATENCY_SUMMARY_COLUMNS,
+    RESULT_COLUMNS,
+    SCHEMA_VERSION,
+    is_positive_number,
+    latency_summary,
+)
 
 LIST_COLUMNS = ("samples_ms", "tokens_per_expert")
 TEXT_COLUMNS = (
@@ -158,7 +164,7 @@ def row_problem(row) -> str | None:
         return "an object without an 'impl' name, not a row; line ignored"
     for col in TIMING_COLUMNS:
         value = row.get(col)
-        if value is not None and not _positive(value):
+        if value is not None and not is_positive_number(value):
             return f"{col} = {_show(value)}: not a positive finite number; row ignored"
     for col in LIST_COLUMNS:
         values = row.get(col)
@@ -166,13 +172,9 @@ def row_problem(row) -> str | None:
             return f"{col} = {_show(values)}: not a list of numbers; row ignored"
     samples = row.get("samples_ms")
     if samples and not (min(samples) > 0 and math.isfinite(sum(samples))):  # nan fails one test or the other
-        i, value = next((i, v) for i, v in enumerate(samples) if not _positive(v))
+        i, value = next((i, v) for i, v in enumerate(samples) if not is_positive_number(v))
         return f"samples_ms[{i}] = {_show(value)}: not a positive finite number; row ignored"
     return None
-
-
-def _positive(value) -> bool:
-    return type(value) in NUMBER_TYPES and math.isfinite(value) and value > 0
 
 
 def _show(value) -> str:
@@ -214,29 +216,18 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-SUMMARIES = {  # column -> its statistic over the samples of many rows at once, [rows, samples] -> [rows]
-    "latency_ms_median": lambda s: np.median(s, axis=1),
-    "latency_ms_mean": lambda s: np.mean(s, axis=1),
-    "latency_ms_min": lambda s: np.min(s, axis=1),
-    "latency_ms_p10": lambda s: np.percentile(s, 10, axis=1),
-    "latency_ms_p90": lambda s: np.percentile(s, 90, axis=1),
-    "latency_ms_p99": lambda s: np.percentile(s, 99, axis=1),
-    "latency_ms_iqr": lambda s: np.subtract(*np.percentile(s, [75, 25], axis=1)),
-}
-
-
 def _fill_latency(df: pd.DataFrame) -> None:
     """Derive each summary a row omits from its samples, in batches of rows with equal sample counts."""
     samples = df["samples_ms"].tolist()
-    need = {col: df[col].isna().to_numpy() for col in SUMMARIES}
+    need = {col: df[col].isna().to_numpy() for col in LATENCY_SUMMARY_COLUMNS}
     rows = np.flatnonzero(np.logical_or.reduce(list(need.values())) & df["samples_ms"].map(bool).to_numpy(dtype=bool))
     for index in by_sizes([[samples[i] for i in rows]]).values():
         at = rows[index]
-        matrix = np.asarray([samples[i] for i in at], dtype=float)
-        for col, statistic in SUMMARIES.items():
+        summary = latency_summary(np.asarray([samples[i] for i in at], dtype=float))
+        for col, values in summary.items():
             fill = need[col][at]
             if fill.any():
-                df.loc[df.index[at[fill]], col] = statistic(matrix[fill])
+                df.loc[df.index[at[fill]], col] = values[fill]
     has_samples = df["samples_ms"].map(bool)
     missing = df["n_samples"].isna() & has_samples
     df.loc[missing, "n_samples"] = df.loc[missing, "samples_ms"].map(len).astype(float)
@@ -265,8 +256,8 @@ def latency_band(row) -> tuple[float, float, float]:
     """(median, p10, p90) in ms from the raw samples, or from the row's summary columns when it kept none."""
     samples = row["samples_ms"]
     if samples:
-        p10, med, p90 = np.percentile(np.asarray(samples, dtype=float), [10, 50, 90])
-        return float(med), float(p10), float(p90)
+        summary = latency_summary(np.asarray([samples], dtype=float))
+        return tuple(float(summary[f"latency_ms_{s}"][0]) for s in ("median", "p10", "p90"))
     med = row["latency_ms_median"]
     p10 = row["latency_ms_p10"] if pd.notna(row["latency_ms_p10"]) else med
     p90 = row["latency_ms_p90"] if pd.notna(row["latency_ms_p90"]) else med

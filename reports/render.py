@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from reports import tables
+from reports.cells import Cell, Number, significant
 from reports.disturbed import banner
 from reports.document import Block, Heading, Image, Para, Table, to_html, to_markdown
 from reports.ep import ep_blocks
@@ -49,36 +50,49 @@ def render_report(run_dir: str | Path, out_dir: str | Path | None = None) -> Pat
     )
     plotted = {gp.group.index: gp for gp in drawn}
     labels = {i: g.label for g in groups for i in g.df.index}
+    all_energy_missing = bool(plotted) and all(
+        any(name == "energy" for name, _ in gp.skipped) for gp in plotted.values()
+    )
 
-    blocks: list[Block] = [*banner(df, labels), *header(meta, run_dir, df)]
-    if not len(df):
-        blocks.append(Para("results.jsonl has no rows: nothing was measured.", note=True))
-    if len(df) and not (df["status"] == "ok").any():
-        blocks.append(Para("No point succeeded: there is nothing to plot; see the problems below.", note=True))
-    if len(groups) > MAX_PLOTTED_GROUPS:
-        left_out = len(groups) - MAX_PLOTTED_GROUPS
-        blocks.append(
-            Para(
-                f"Plots are drawn for the first {MAX_PLOTTED_GROUPS} of {len(groups)} groups; the other {left_out} "
-                "groups are shown by their tables only (every row is in results.csv).",
-                note=True,
-            )
-        )
-    energy_skips = [reason for gp in plotted.values() for name, reason in gp.skipped if name == "energy"]
-    all_energy_missing = len(energy_skips) == len(plotted)
-    if plotted and all_energy_missing:
-        notes = sorted(set(df["energy_note"].dropna()))
-        blocks.append(
-            Para("Energy: not measured in this run" + (f" ({'; '.join(notes)})." if notes else "."), note=True)
-        )
-
+    blocks: list[Block] = [*banner(df, labels), *header(meta, run_dir, df), *run_notes(df, len(groups))]
+    if all_energy_missing:
+        blocks.append(energy_note(df))
     blocks += problems_section(df, labels)
     for g in groups:
         found = [(headers, rows.get(g.index, [])) for headers, rows in made]
         blocks += group_blocks(g, found, plotted.get(g.index), all_energy_missing)
-
     blocks += ep_blocks(run_dir, out)
     title = f"moe-bench report: {meta.get('suite', '?')} on {meta.get('device_name') or meta.get('device', '?')}"
+    return write_report(out, title, blocks, df)
+
+
+def run_notes(df: pd.DataFrame, n_groups: int) -> list[Block]:
+    """Notes on the run as a whole: nothing measured, nothing succeeded, groups left unplotted."""
+    notes: list[Block] = []
+    if not len(df):
+        notes.append(Para("results.jsonl has no rows: nothing was measured.", note=True))
+    if len(df) and not (df["status"] == "ok").any():
+        notes.append(Para("No point succeeded: there is nothing to plot; see the problems below.", note=True))
+    if n_groups > MAX_PLOTTED_GROUPS:
+        left_out = n_groups - MAX_PLOTTED_GROUPS
+        notes.append(
+            Para(
+                f"Plots are drawn for the first {MAX_PLOTTED_GROUPS} of {n_groups} groups; the other {left_out} "
+                "groups are shown by their tables only (every row is in results.csv).",
+                note=True,
+            )
+        )
+    return notes
+
+
+def energy_note(df: pd.DataFrame) -> Para:
+    """One note for the whole run when no plotted group measured energy, in place of one per group."""
+    notes = sorted(set(df["energy_note"].dropna()))
+    return Para("Energy: not measured in this run" + (f" ({'; '.join(notes)})." if notes else "."), note=True)
+
+
+def write_report(out: Path, title: str, blocks: list[Block], df: pd.DataFrame) -> Path:
+    """report.md, report.html and results.csv (every row, full precision) into `out`, recorded as this render's."""
     written = [out / "report.md", out / "report.html", out / "results.csv"]
     written[0].write_text(f"# {title}\n\n" + to_markdown(blocks, out))
     written[1].write_text(to_html(blocks, title))
@@ -132,14 +146,18 @@ def header(meta: dict, run_dir: Path, df: pd.DataFrame) -> list[Block]:
         ("date", f"{meta.get('started', '-')} to {meta.get('finished', '-')}"),
         ("timers", ", ".join(sorted(set(df["timer"].dropna()))) or "-"),
         ("cache", cache_state(meta, df)),
-        ("rows", f"{len(df)} ({int((df['status'] == 'ok').sum()) if len(df) else 0} ok)"),
+        ("rows", Number(len(df), note=f"({int((df['status'] == 'ok').sum()) if len(df) else 0} ok)")),
     ]
     blocks: list[Block] = [Heading("Environment"), Table(["", ""], [[k, v] for k, v in env])]
     peaks = meta.get("peaks") or {}
     matmul = peaks.get("matmul_tflops") if isinstance(peaks.get("matmul_tflops"), dict) else {}
-    rows = [[f"matmul {dtype}", f"{v:.4g} TFLOP/s"] for dtype, v in sorted(matmul.items()) if v is not None]
+    rows: list[list[Cell]] = [
+        [f"matmul {dtype}", Number(v, significant(4, " TFLOP/s"))]
+        for dtype, v in sorted(matmul.items())
+        if v is not None
+    ]
     if peaks.get("bandwidth_gbs"):
-        rows.append(["memory bandwidth", f"{peaks['bandwidth_gbs']:.4g} GB/s"])
+        rows.append(["memory bandwidth", Number(peaks["bandwidth_gbs"], significant(4, " GB/s"))])
     blocks.append(Heading("Peaks measured at the start of this run"))
     blocks.append(Table(["ceiling", "value"], rows) if rows else Para("run.json records no peaks.", note=True))
     return blocks

@@ -1,4 +1,4 @@
-"""Statistics on raw latency samples, in numpy only: Mann-Whitney U (normal approximation) and bootstrap medians.
+"""Statistics on raw latency samples: Mann-Whitney U (scipy.stats) and bootstrap medians (numpy).
 
 Verdicts in compare.py and the "significant" column of the winner table both use these, so they agree. Each
 function takes one sample set (1-D) or many of equal size at once (rows of a 2-D array): a run of 200k rows
@@ -11,44 +11,27 @@ import math
 from collections import defaultdict
 
 import numpy as np
+from scipy.stats import mannwhitneyu
 
 CHUNK_ROWS = 2048  # sample sets per batch: bounds a batch's [rows, n_boot] arrays near 16 MB
-_erfc = np.vectorize(math.erfc, otypes=[float])
 
 
 def mann_whitney_u(x, y):
     """U statistic of `x` and the two-sided p-value, normal approximation with tie and continuity correction.
 
     Asks whether one sample tends to be larger than the other; robust to the long right tail of latencies.
-    Returns p = 1.0 when there is nothing to test (an empty sample or all values tied). With x [P, A] and
-    y [P, B], tests each row pair and returns (U [P], p [P]); with 1-D samples, two floats.
+    The asymptotic method keeps a batch one vectorised pass (the exact one loops over rows and is slow beyond
+    a few dozen samples). Returns p = 1.0 when there is nothing to test (an empty sample or all values tied).
+    With x [P, A] and y [P, B], tests each row pair and returns (U [P], p [P]); with 1-D samples, two floats.
     """
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.ndim == 1:
         u, p = mann_whitney_u(x[None, :], y[None, :])
         return float(u[0]), float(p[0])
-    rows, n1, n2 = x.shape[0], x.shape[1], y.shape[1]
-    if n1 == 0 or n2 == 0:
-        return np.full(rows, math.nan), np.ones(rows)
-    n = n1 + n2
-    z = np.concatenate([x, y], axis=1)
-    order = np.argsort(z, axis=1, kind="mergesort")
-    ordered = np.take_along_axis(z, order, axis=1)
-    starts = np.ones((rows, n), dtype=bool)
-    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    ends = np.ones((rows, n), dtype=bool)
-    ends[:, :-1] = starts[:, 1:]
-    pos = np.broadcast_to(np.arange(n), (rows, n))
-    first = np.maximum.accumulate(np.where(starts, pos, 0), axis=1)  # where each value's tie group begins
-    last = np.minimum.accumulate(np.where(ends, pos, n - 1)[:, ::-1], axis=1)[:, ::-1]  # ... and ends
-    ranks = np.empty((rows, n))
-    np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=1)  # ties share their mean rank
-    u1 = ranks[:, :n1].sum(axis=1) - n1 * (n1 + 1) / 2.0
-    tie_term = ((last - first + 1) ** 2 - 1).sum(axis=1) / (n * (n - 1)) if n > 1 else np.zeros(rows)
-    var = n1 * n2 / 12.0 * ((n + 1) - tie_term)
-    z_score = (np.abs(u1 - n1 * n2 / 2.0) - 0.5) / np.sqrt(np.where(var > 0, var, 1.0))
-    p = np.where(var > 0, np.minimum(1.0, _erfc(np.maximum(z_score, 0.0) / math.sqrt(2.0))), 1.0)
-    return u1, p
+    if x.shape[1] == 0 or y.shape[1] == 0:
+        return np.full(x.shape[0], math.nan), np.ones(x.shape[0])
+    result = mannwhitneyu(x, y, axis=1, method="asymptotic", use_continuity=True, alternative="two-sided")
+    return result.statistic, np.nan_to_num(result.pvalue, nan=1.0)
 
 
 def mann_whitney_p(xs: list[np.ndarray], ys: list[np.ndarray]) -> np.ndarray:
@@ -77,6 +60,9 @@ def bootstrap_medians(samples, n_boot: int, rng: np.random.Generator) -> np.ndar
 
     Rows share one draw of positions: the median of a resample of sorted values is the value at the median of
     its sorted positions, so one sort of n_boot x N positions serves every row, and each row costs a gather.
+    Not scipy.stats.bootstrap: compare's ratio design resamples four sets (base, its reference, new, its
+    reference) and needs the resampled ratios themselves for its p-value; scipy takes a median of every resample
+    and was 37x slower on 2048 rows x 50 samples x 1000 resamples (11 s against 0.3 s).
     """
     x = np.sort(np.asarray(samples, dtype=float), axis=-1)
     n = x.shape[-1]

@@ -1,5 +1,5 @@
-"""The report's tables as rows of text: winners per point, each MoE implementation vs both dense baselines,
-and every point that did not produce a timing, with its reason.
+"""The report's tables as rows of typed cells: winners per point, each MoE implementation vs both dense
+baselines, and every point that did not produce a timing, with its reason.
 
 Winners are chosen among MoE implementations only: the dense baselines compute a different function, so they
 are references (see the vs-dense table), not contestants. No verdict is drawn from a point timed on a disturbed
@@ -7,15 +7,18 @@ machine: its values carry a marker and its verdict cell says so.
 
 Each table is built for every group at once, with joins and batched tests over the whole run, then split by
 the `group` column (facets.group_index): a filter of the run per row or per group takes minutes at 200k rows.
+Numbers stay `cells.Number`s (value, format, note); document.py writes them out.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import pandas as pd
 
+from reports.cells import Cell, Number, fmt_bytes, fmt_ms, fmt_ratio, fmt_value, number, signed_percent, significant
 from reports.disturbed import DISTURBED, NO_VERDICT
-from reports.facets import fmt_value
 from reports.load import samples_column
 from reports.match import first_match
 from reports.stats import mann_whitney_p
@@ -24,31 +27,8 @@ ALPHA = 0.01
 GROUP = "group"
 POINT = [GROUP, "routing", "tokens"]  # a point within the run
 DENSE_COLUMNS = ["latency_ms_median", "peak_mem_bytes", "point_disturbed"]
-Rows = dict[int, list[list[str]]]  # group index -> the table's rows for that group
-
-
-def fmt_ms(ms) -> str:
-    """Latency with an automatic unit: µs below 1 ms, s above 1000 ms."""
-    if ms is None or pd.isna(ms):
-        return "-"
-    if ms < 1:
-        return f"{ms * 1e3:.3g} µs"
-    if ms < 1e3:
-        return f"{ms:.4g} ms"
-    return f"{ms / 1e3:.4g} s"
-
-
-def fmt_ratio(x) -> str:
-    return "-" if x is None or pd.isna(x) else f"{x:.3g}x"
-
-
-def fmt_bytes(n) -> str:
-    if n is None or pd.isna(n):
-        return "-"
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= scale:
-            return f"{n / scale:.3g} {unit}"
-    return f"{n:.0f} B"
+OWN_COLUMNS = [GROUP, "tokens", "routing", "impl", "latency_ms_median", "point_disturbed"]  # of each table row
+Rows = dict[int, list[list[Cell]]]  # group index -> the table's rows for that group
 
 
 def _points(df: pd.DataFrame) -> pd.DataFrame:
@@ -75,26 +55,31 @@ def disturbed(flag) -> bool:
     return isinstance(flag, (bool, np.bool_)) and bool(flag)
 
 
-def _marked(text: str, flag) -> str:
-    return f"{text} {DISTURBED}" if disturbed(flag) and text != "-" else text
+def _ms(value, flag=None) -> Cell:
+    """A latency cell, marked when its point was timed on a disturbed machine."""
+    return number(value, fmt_ms, DISTURBED if disturbed(flag) else "")
 
 
-def _columns(frame: pd.DataFrame, cols: list[str]) -> list[list]:
-    return [frame[c].tolist() for c in cols]
+def _point(tokens, routing) -> list[Cell]:
+    return [number(tokens), fmt_value(routing)]
+
+
+def _columns(frame: pd.DataFrame, cols: list[str]) -> Iterable[tuple]:
+    """`cols` of each row of `frame`, as tuples (a column read once, not a lookup per row)."""
+    return zip(*(frame[c].tolist() for c in cols))
+
+
+def _by_group(frame: pd.DataFrame, rows: Iterable[list[Cell]]) -> Rows:
+    """The rows (one per row of `frame`, in order) under the group index of their row."""
+    out: Rows = {}
+    for g, row in zip(frame[GROUP].tolist(), rows):
+        out.setdefault(g, []).append(row)
+    return out
 
 
 def winners(df: pd.DataFrame) -> tuple[list[str], Rows]:
-    headers = [
-        "tokens",
-        "routing",
-        "winner",
-        "median",
-        "runner-up",
-        "median",
-        "margin",
-        "MWU p",
-        "winner vs flop_matched",
-    ]
+    headers = ["tokens", "routing", "winner", "median", "runner-up", "median", "margin", "MWU p"]
+    headers.append("winner vs flop_matched")
     ranked = _ranked(df)
     best = ranked[ranked["rank"] == 0]
     second = first_match(best, ranked[ranked["rank"] == 1], [POINT], ["impl", "latency_ms_median", "samples_ms"])
@@ -105,26 +90,25 @@ def winners(df: pd.DataFrame) -> tuple[list[str], Rows]:
         [s if h else empty for s, h in zip(samples_column(best), has)],
         [s if h else empty for s, h in zip(samples_column(second), has)],
     )
-    out: Rows = {}
-    cols = _columns(best, [GROUP, "tokens", "routing", "impl", "latency_ms_median", "point_disturbed"])
-    for (g, tokens, routing, impl, med, mark), s_impl, s_med, f_med, f_mark, h, pv in zip(
-        zip(*cols),
-        *_columns(second, ["impl", "latency_ms_median"]),
-        *_columns(flop, ["latency_ms_median", "point_disturbed"]),
-        has,
-        p,
-    ):
-        head = [fmt_value(tokens), fmt_value(routing)]
-        if disturbed(mark):
-            out.setdefault(g, []).append([*head, NO_VERDICT, *["-"] * 6])
-            continue
-        tail = ["-", "-", "-", "-"]
-        if h:
-            margin = f"{s_med / med - 1:+.1%}" + (" (n.s.)" if pv >= ALPHA else "")
-            tail = [s_impl, fmt_ms(s_med), margin, f"{pv:.2g}"]
-        eff = NO_VERDICT if disturbed(f_mark) else fmt_ratio(_div(f_med, med))
-        out.setdefault(g, []).append([*head, impl, fmt_ms(med), *tail, eff])
-    return headers, out
+    runners_up = [pair if h else None for pair, h in zip(_columns(second, ["impl", "latency_ms_median"]), has)]
+    rows = map(_winner_row, _columns(best, OWN_COLUMNS), runners_up, _columns(flop, DENSE_COLUMNS), p)
+    return headers, _by_group(best, rows)
+
+
+def _winner_row(own: tuple, runner_up: tuple | None, flop: tuple, p: float) -> list[Cell]:
+    """One point's winner (`own`: OWN_COLUMNS), its runner-up (impl, median) if any, and the winner against the
+    flop_matched reference (DENSE_COLUMNS)."""
+    _, tokens, routing, impl, median, mark = own
+    if disturbed(mark):
+        return [*_point(tokens, routing), NO_VERDICT, *["-"] * 6]
+    tail: list[Cell] = ["-", "-", "-", "-"]
+    if runner_up is not None:
+        second, second_ms = runner_up
+        margin = Number(second_ms / median - 1, signed_percent, "(n.s.)" if p >= ALPHA else "")
+        tail = [second, _ms(second_ms), margin, Number(p, significant(2))]
+    flop_ms, _, flop_mark = flop
+    efficiency = NO_VERDICT if disturbed(flop_mark) else number(_div(flop_ms, median), fmt_ratio)
+    return [*_point(tokens, routing), impl, _ms(median), *tail, efficiency]
 
 
 PEER_PREFIX = "hf_"
@@ -141,80 +125,76 @@ def versus_peers(df: pd.DataFrame) -> tuple[list[str], Rows]:
     both = ours.merge(theirs[[*POINT, *sides]], on=POINT, suffixes=("", "_theirs"))
     theirs = both[[f"{c}_theirs" for c in sides]].set_axis(sides, axis=1)
     p = mann_whitney_p(samples_column(both), samples_column(theirs))
-    out: Rows = {}
-    cols = _columns(both, [GROUP, "tokens", "routing", "impl", "latency_ms_median", "point_disturbed"])
-    for (g, tokens, routing, impl, med, mark), t_impl, t_med, pv in zip(zip(*cols), *_columns(theirs, sides[:2]), p):
-        ratio = med / t_med
-        if disturbed(mark):
-            verdict, shown = NO_VERDICT, ["-", "-"]
-        elif abs(ratio - 1) <= SAME_WITHIN:
-            verdict, shown = f"within {SAME_WITHIN:.0%}", [f"{ratio:.3g}", f"{pv:.2g}"]
-        else:
-            verdict = ("faster" if ratio < 1 else "slower") + ("" if pv < ALPHA else " (n.s.)")
-            shown = [f"{ratio:.3g}", f"{pv:.2g}"]
-        mine, theirs_ms = _marked(fmt_ms(med), mark), _marked(fmt_ms(t_med), mark)
-        row = [fmt_value(tokens), fmt_value(routing), impl, mine, t_impl, theirs_ms, *shown, verdict]
-        out.setdefault(g, []).append(row)
-    return headers, out
+    rows = map(_peer_row, _columns(both, OWN_COLUMNS), _columns(theirs, sides[:2]), p)
+    return headers, _by_group(both, rows)
+
+
+def _peer_row(own: tuple, theirs: tuple, p: float) -> list[Cell]:
+    """Our fastest at a point (`own`: OWN_COLUMNS) against the fastest transformers one (`theirs`: impl, median)."""
+    _, tokens, routing, impl, median, mark = own
+    their_impl, their_ms = theirs
+    ratio = median / their_ms
+    shown: list[Cell] = [Number(ratio, significant(3)), Number(p, significant(2))]
+    if disturbed(mark):
+        verdict, shown = NO_VERDICT, ["-", "-"]
+    elif abs(ratio - 1) <= SAME_WITHIN:
+        verdict = f"within {SAME_WITHIN:.0%}"
+    else:
+        verdict = ("faster" if ratio < 1 else "slower") + ("" if p < ALPHA else " (n.s.)")
+    return [*_point(tokens, routing), impl, _ms(median, mark), their_impl, _ms(their_ms, mark), *shown, verdict]
 
 
 def versus_dense(df: pd.DataFrame) -> tuple[list[str], Rows]:
-    headers = [
-        "tokens",
-        "routing",
-        "impl",
-        "median",
-        "flop_matched",
-        "efficiency (flop/impl)",
-        "param_matched",
-        "speed-up vs param",
-        "peak mem",
-        "mem vs param",
-    ]
+    headers = ["tokens", "routing", "impl", "median", "flop_matched", "efficiency (flop/impl)", "param_matched"]
+    headers += ["speed-up vs param", "peak mem", "mem vs param"]
     points = _points(df)
     flop, param = (dense_references(points, df, impl) for impl in ("flop_matched", "param_matched"))
-    out: Rows = {}
-    cols = _columns(points, [GROUP, "tokens", "routing", "impl", "latency_ms_median", "point_disturbed"])
-    for (g, tokens, routing, impl, med, mark, mem), (f_med, _, f_mark), (q_med, q_mem, q_mark) in zip(
-        zip(*cols, points["peak_mem_bytes"].tolist()),
-        zip(*_columns(flop, DENSE_COLUMNS)),
-        zip(*_columns(param, DENSE_COLUMNS)),
-    ):
-        mine = disturbed(mark)
-        out.setdefault(g, []).append(
-            [
-                fmt_value(tokens),
-                fmt_value(routing),
-                impl,
-                _marked(fmt_ms(med), mine),
-                _marked(fmt_ms(f_med), f_mark),
-                _versus(f_med, f_mark, med, mine),
-                _marked(fmt_ms(q_med), q_mark),
-                _versus(q_med, q_mark, med, mine),
-                fmt_bytes(mem),
-                fmt_ratio(_div(mem, q_mem)),
-            ]
-        )
-    return headers, out
+    rows = map(
+        _dense_row,
+        _columns(points, OWN_COLUMNS),
+        points["peak_mem_bytes"].tolist(),
+        _columns(flop, DENSE_COLUMNS),
+        _columns(param, DENSE_COLUMNS),
+    )
+    return headers, _by_group(points, rows)
 
 
-def _versus(dense_ms, dense_mark, median: float, mine: bool) -> str:
+def _dense_row(own: tuple, peak_mem, flop: tuple, param: tuple) -> list[Cell]:
+    """One MoE row (`own`: OWN_COLUMNS, and its peak memory) against both dense references (DENSE_COLUMNS)."""
+    _, tokens, routing, impl, median, mark = own
+    flop_ms, _, flop_mark = flop
+    param_ms, param_mem, param_mark = param
+    mine = disturbed(mark)
+    return [
+        *_point(tokens, routing),
+        impl,
+        _ms(median, mine),
+        _ms(flop_ms, flop_mark),
+        _versus(flop_ms, flop_mark, median, mine),
+        _ms(param_ms, param_mark),
+        _versus(param_ms, param_mark, median, mine),
+        number(peak_mem, fmt_bytes),
+        number(_div(peak_mem, param_mem), fmt_ratio),
+    ]
+
+
+def _versus(dense_ms, dense_mark, median: float, mine: bool) -> Cell:
     """dense median / MoE median, unless either was timed on a disturbed machine."""
     if mine or disturbed(dense_mark):
         return NO_VERDICT
-    return fmt_ratio(_div(dense_ms, median))
+    return number(_div(dense_ms, median), fmt_ratio)
 
 
 def _div(a, b):
     return a / b if a is not None and b is not None and pd.notna(a) and pd.notna(b) and b else None
 
 
-def problems(df: pd.DataFrame, labels: dict[int, str]) -> tuple[list[str], list[list[str]]]:
+def problems(df: pd.DataFrame, labels: dict[int, str]) -> tuple[list[str], list[list[Cell]]]:
     """Every row whose status is not ok, with its group label and one-line reason; nothing is filtered out."""
     headers = ["status", "group", "tokens", "routing", "impl", "reason"]
     bad = df[df["status"] != "ok"].sort_values(["status", "impl", "tokens"], na_position="last", kind="stable")
     rows = [
-        [status, labels.get(i, "-"), fmt_value(tokens), fmt_value(routing), impl, error or "(no reason recorded)"]
+        [status, labels.get(i, "-"), *_point(tokens, routing), impl, error or "(no reason recorded)"]
         for i, status, tokens, routing, impl, error in zip(
             bad.index, bad["status"], bad["tokens"], bad["routing"], bad["impl"], bad["error"]
         )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 import shlex
 import sys
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -13,9 +15,13 @@ import pandas as pd
 import torch
 
 import moe_impls
-from suites import ep_run, results, spec
+from suites import ep_launch, ep_run, results, spec
+from suites.impl_names import why_not_buildable, why_not_runnable
 from suites.results import ResultsError, ResultsWriteError
 from suites.runner import Runner, resolve_device
+from suites.schema import DENSE_BASELINES
+from suites.spec_fields import first_repeat
+from suites.suite_model import Suite
 
 DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # checked before torch.device, which raises RuntimeError
 INTERRUPTED = 130  # the shell's exit status for a process ended by SIGINT
@@ -46,9 +52,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--nproc", type=int, help="expert-parallel suites: launch N ranks through torch.distributed.run (see ep_run)"
     )
+    run.add_argument(
+        "--plan", action="store_true", help="run nothing: predict every row's memory and time, and the total"
+    )
+    run.add_argument(
+        "--plan-device", metavar="NAME", help="with --plan: a device profile (h100-80gb, h200, a100-80gb, l4)"
+    )
     run.set_defaults(func=cmd_run)
     lst = subparsers.add_parser("list", help="list suites, implementations, routers and baselines")
     lst.set_defaults(func=cmd_list)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What `moe-bench run` measures, where and into which directory, once every option is checked."""
+
+    suite: Suite
+    device: torch.device
+    out: Path
+    impls: list[str]
+    baselines: list[str]
 
 
 def _error(message: str) -> int:
@@ -56,17 +79,36 @@ def _error(message: str) -> int:
     return 2
 
 
+def _print_plan(suite: Suite, args: argparse.Namespace, device: torch.device) -> int:
+    """A named datasheet profile, or this machine's own peaks (measured in a few seconds) and free memory."""
+    from analysis import devices
+    from suites import plan
+    from suites.memory import available_bytes
+    from suites.peaks import measure_peaks
+
+    if args.plan_device:
+        profile = devices.profile(args.plan_device)
+    else:
+        peaks = measure_peaks(device, [getattr(torch, d) for d in suite.dtypes])
+        memory = available_bytes(device) or 0
+        profile = devices.measured(device.type, memory, peaks["matmul_tflops"], peaks["bandwidth_gbs"])
+    print(plan.render(plan.plan(suite, profile)))
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         device = _device(args.device)
         suite = spec.load(args.suite if args.suite is not None else ("gpu" if device.type == "cuda" else "cpu"))
         impls, baselines = _selection(args, suite)
+        if args.plan:
+            return _print_plan(dataclasses.replace(suite, impls=tuple(impls), baselines=tuple(baselines)), args, device)
         out = _out_dir(args, suite)
-    except (ValueError, ResultsError) as exc:
-        return _error(str(exc))
+    except (ValueError, KeyError, ResultsError) as exc:
+        return _error(str(exc).strip("'\""))
     resume = _resume_command(args, suite, out)
     try:
-        return _run(args, suite, device, out, impls, baselines)
+        return _run(args, _Plan(suite, device, out, impls, baselines))
     except ResultsWriteError as exc:
         return _error(f"{exc}; the rows written so far are kept: free space, then resume with: {resume}")
     except ResultsError as exc:
@@ -89,7 +131,7 @@ def _device(text: str) -> torch.device:
     return device
 
 
-def _selection(args: argparse.Namespace, suite: spec.Suite) -> tuple[list[str], list[str]]:
+def _selection(args: argparse.Namespace, suite: Suite) -> tuple[list[str], list[str]]:
     """Implementations and baselines to run: the suite's, or --only's, plus each --impl. A name given twice
     would write its rows twice, so it is refused like an unknown one."""
     impls, baselines = list(suite.impls), list(suite.baselines)
@@ -98,28 +140,27 @@ def _selection(args: argparse.Namespace, suite: spec.Suite) -> tuple[list[str], 
         if not all(only):
             raise ValueError(f"--only {args.only!r}: expected comma-separated implementation or baseline names")
         _refuse_repeats("--only", only)
-        known = [*moe_impls.names(), spec.EP_IMPL]
-        unknown = [n for n in only if n not in known and n not in moe_impls.BASELINES]
-        unknown = [n for n in unknown if not moe_impls.registry.is_known(n)]  # <impl>+compile, plug-ins
-        if unknown:
-            raise ValueError(f"--only: {_unknown(unknown[0])}")
-        impls = [n for n in only if n not in moe_impls.BASELINES]
-        baselines = [n for n in only if n in moe_impls.BASELINES]
+        reasons = [why for n in only if n not in DENSE_BASELINES and (why := why_not_runnable(n))]
+        if reasons:
+            raise ValueError(f"--only: {reasons[0]}")
+        impls = [n for n in only if n not in DENSE_BASELINES]
+        baselines = [n for n in only if n in DENSE_BASELINES]
     _refuse_repeats("--impl", args.impl)
-    for name in args.impl:
-        if not moe_impls.registry.is_known(name):
-            raise ValueError(f"--impl: {_unknown(name)}")
+    for name in args.impl:  # a layer this process builds (a plug-in, usually), so never expert_parallel
+        why = why_not_buildable(name)
+        if why:
+            raise ValueError(f"--impl: {why}")
         impls += [name] if name not in impls else []
     return impls, baselines
 
 
 def _refuse_repeats(option: str, names: list[str]) -> None:
-    repeated = spec.first_repeat(names)
+    repeated = first_repeat(names)
     if repeated is not None:
         raise ValueError(f"{option}: {repeated!r} is given twice")
 
 
-def _out_dir(args: argparse.Namespace, suite: spec.Suite) -> Path:
+def _out_dir(args: argparse.Namespace, suite: Suite) -> Path:
     """--out, the newest results/<suite>-* for a bare --resume, or a new results/<suite>-<timestamp>; refused
     now if another run wrote it (check_resume) or it cannot take this one (check_usable)."""
     out = args.out
@@ -145,7 +186,7 @@ def _disturbed_line(summary) -> str:
     return f"disturbed: {n} point(s) timed on a disturbed machine; their numbers are no finding (see the report)"
 
 
-def _resume_command(args: argparse.Namespace, suite: spec.Suite, out: Path) -> str:
+def _resume_command(args: argparse.Namespace, suite: Suite, out: Path) -> str:
     """The command that continues this run: the same suite, rows, device and report, into the same directory."""
     cmd = ["moe-bench", "run", args.suite or suite.name, "--out", str(out), "--resume"]
     cmd += ["--device", args.device] if args.device != "auto" else []
@@ -156,16 +197,15 @@ def _resume_command(args: argparse.Namespace, suite: spec.Suite, out: Path) -> s
     return shlex.join(cmd)
 
 
-def _run(
-    args: argparse.Namespace, suite: spec.Suite, device: torch.device, out: Path, impls: list[str], baselines: list[str]
-) -> int:
-    code = ep_run.dispatch(args, suite, device, out, impls, baselines)  # None: not an expert-parallel run
+def _run(args: argparse.Namespace, plan: _Plan) -> int:
+    suite, device, out = plan.suite, plan.device, plan.out
+    code = ep_launch.run_expert_parallel(args, suite, device, out, plan.impls, plan.baselines)  # None: not EP
     if code is not None:
         return code
     print(f"moe-bench: suite {suite.name} ({len(suite.points)} points) on {device} -> {out}", file=sys.stderr)
-    runner = Runner(suite, device, out, impls, baselines, progress=not args.no_progress, isolate=not args.inline)
-    summary = runner.run()
-    print(summary_table(out))
+    isolate, progress = not args.inline, not args.no_progress
+    summary = Runner(suite, device, out, plan.impls, plan.baselines, progress=progress, isolate=isolate).run()
+    print(run_summary_text(out))
     timed = summary.timed_s / summary.wall_s if summary.wall_s else 0
     print(f"\n{dict(summary.statuses)} in {summary.wall_s:.1f} s ({timed:.0%} of it in timed calls) -> {out}")
     print(_disturbed_line(summary))
@@ -180,16 +220,9 @@ def _run(
     return 1 if summary.failed else 0
 
 
-def _unknown(name: str) -> str:
-    try:
-        moe_impls.resolve(name)
-    except KeyError as exc:
-        return str(exc.args[0])
-    return f"{name!r} is known"
-
-
-def summary_table(out: Path, max_rows: int = 40) -> str:
-    """Median latency (ms) per point and implementation; failures shown by their status."""
+def run_summary_text(out: Path, max_rows: int = 40) -> str:
+    """The terminal's table of a finished run: median latency (ms) per point and implementation, failures shown
+    by their status (the report's typed tables are in reports/)."""
     df = pd.read_json(out / "results.jsonl", lines=True)
     if df.empty:
         return "(no rows)"
@@ -214,7 +247,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     plugins = moe_impls.plugins.entry_point_names()
     print(f"plug-ins ({moe_impls.plugins.GROUP} entry points):", ", ".join(plugins) or "none installed")
     print("  or run one by path: moe-bench run --impl package.module:factory")
-    print("baselines:", ", ".join(moe_impls.BASELINES))
+    print("baselines:", ", ".join(DENSE_BASELINES))
     print("routers:", ", ".join(moe_impls.ROUTERS))
     print("routing skews: uniform, zipf:S, hot:P, collapse")
     return 0

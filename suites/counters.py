@@ -23,7 +23,7 @@ dispatch a copy or `_local_scalar_dense`, which the dispatch mode then leaves un
 
 The call is counted as given: call it once before (the runner's correctness check does) so that lazy
 initialisation and caches are not counted, and pass `setup` when a call must start from a clean state (a train
-step with its gradients cleared, as suites/runner.py `timed_call` returns). torch.compile'd code is counted as
+step with its gradients cleared, as suites/calls.py `call_for_timing` returns). torch.compile'd code is counted as
 the eager code it was compiled from: dynamo does not trace under a dispatch mode, so the call runs eagerly
 (`torch.compiler.set_stance("force_eager")`, which also keeps the compiled code in use for later calls).
 """

@@ -1,20 +1,47 @@
 """One expert-parallel measurement point, run on every rank of an initialised process group.
 
-The runner starts the processes (torchrun or spawn), initialises the group and calls `measure_ep_point` on
-every rank; this file neither starts processes nor writes results.
+The launcher starts the processes (torchrun or spawn) and the rank loop (suites/ep_run.py) initialises the group
+and calls `measure_ep_point` on every rank; this file neither starts processes nor writes results.
 """
 
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from moe_impls.config import MoEConfig
-from moe_impls.expert_parallel import STAGES, ExpertParallelMoE
+from moe_impls.expert_parallel import EPTraffic, ExpertParallelMoE
 from moe_impls.sort_group import SortGroupMoE
 from moe_impls.weights import MoEWeights
+from suites.ep_stages import timed_forward
+from suites.schema import STAGES
+
+
+@dataclass(frozen=True)
+class EPPointRequest:
+    """What every rank measures at one point; all ranks must pass equal requests (they make the same calls)."""
+
+    cfg: MoEConfig
+    tokens_per_rank: int
+    dtype: torch.dtype
+    reps: int  # timed repetitions, each after a barrier
+    warmup: int = 2  # untimed forwards; the first is also the output check
+    seed: int = 0  # weights are seeded `seed`, rank r's input `seed + 1 + r`
+
+
+@dataclass(frozen=True)
+class _StageSamples:
+    seconds: dict[str, list[float]]  # {stage or "total": [seconds per repetition]}
+    traffic: EPTraffic  # the last repetition's; every repetition routes the same input, so moves the same rows
+
+
+@dataclass(frozen=True)
+class _OutputCheck:
+    max_abs_err: float  # max |EP output - sort_group output| on this rank's tokens
+    ref_max_abs: float  # max |sort_group output|: the scale the tolerance is relative to
 
 
 def _device_for_backend() -> torch.device:
@@ -25,25 +52,12 @@ def _device_for_backend() -> torch.device:
 
 
 @torch.no_grad()
-def measure_ep_point(
-    cfg: MoEConfig,
-    tokens_per_rank: int,
-    dtype: torch.dtype,
-    reps: int,
-    *,
-    warmup: int = 2,
-    seed: int = 0,
-    group: dist.ProcessGroup | None = None,
-) -> dict:
+def measure_ep_point(request: EPPointRequest, group: dist.ProcessGroup | None = None) -> dict:
     """Median forward time split (seconds) of the expert-parallel layer and the bytes each rank sent.
 
     Every rank builds the same seeded weights and keeps its shard; rank r's input is seeded `seed + 1 + r`, so
     ranks route different tokens. A barrier precedes each repetition so that rank skew from the previous one
-    does not land in the next dispatch; the split uses `profile=True` (see `ExpertParallelMoE`).
-
-    The first (warm-up) output is checked on each rank against `sort_group` on the full weights and this rank's
-    own tokens, which the layer equals for every routing (decisions are per rank, see `ExpertParallelMoE`); the
-    check needs no gather, so it also holds at shapes whose global batch would not fit on one device.
+    does not land in the next dispatch; each repetition is timed stage by stage (`suites.ep_stages`).
 
     Returns, on every rank, this rank's figures:
         world_size, rank, tokens_per_rank, dtype, reps, device
@@ -54,49 +68,70 @@ def measure_ep_point(
         max_abs_err: max |EP output - sort_group output| on this rank's tokens; ref_max_abs: max |sort_group output|
     and `per_rank`: on rank 0 the list of every rank's dict (samples_s included, per_rank not), else None.
     """
-    if reps < 1:
-        raise ValueError(f"measure_ep_point: reps must be >= 1, got {reps}")
+    if request.reps < 1:
+        raise ValueError(f"measure_ep_point: reps must be >= 1, got {request.reps}")
     group = group if group is not None else dist.group.WORLD
+    layer, x, check = _checked_layer(request, group)
+    for _ in range(request.warmup - 1):
+        layer(x)
+    point = _rank_figures(request, layer, _time_stages(layer, x, request.reps, group), check)
+    gathered = [None] * layer.world_size if layer.rank == 0 else None
+    dist.gather_object(point, gathered, dst=dist.get_global_rank(group, 0), group=group)
+    return {**point, "per_rank": gathered}
+
+
+def _checked_layer(
+    request: EPPointRequest, group: dist.ProcessGroup
+) -> tuple[ExpertParallelMoE, torch.Tensor, _OutputCheck]:
+    """The layer, this rank's input and the first forward's output checked against `sort_group`.
+
+    The reference is `sort_group` on the full weights and this rank's own tokens, which the layer equals for
+    every routing (decisions are per rank, see `ExpertParallelMoE`); the check needs no gather, so it also holds
+    at shapes whose global batch would not fit on one device. Only the shard stays resident afterwards.
+    """
     device = _device_for_backend()
-    full = MoEWeights(cfg, device=device, dtype=dtype, seed=seed)
+    full = MoEWeights(request.cfg, device=device, dtype=request.dtype, seed=request.seed)
     layer = ExpertParallelMoE(full, group=group).eval()
-    rank = layer.rank
-    gen = torch.Generator().manual_seed(seed + 1 + rank)
-    x = torch.randn(tokens_per_rank, cfg.d_model, generator=gen).to(device=device, dtype=dtype)
+    gen = torch.Generator().manual_seed(request.seed + 1 + layer.rank)
+    x = torch.randn(request.tokens_per_rank, request.cfg.d_model, generator=gen).to(device=device, dtype=request.dtype)
     y_ep = layer(x)[0]
     reference = SortGroupMoE(full)(x)[0]
     max_abs_err = float((y_ep.float() - reference.float()).abs().max()) if y_ep.numel() else 0.0
     ref_max_abs = float(reference.abs().max()) if reference.numel() else 0.0
-    del full, reference, y_ep  # only the shard stays resident while timing
-    for _ in range(warmup - 1):
-        layer(x)
-    layer.profile = True
-    samples: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "total")}
+    return layer, x, _OutputCheck(max_abs_err, ref_max_abs)
+
+
+def _time_stages(layer: ExpertParallelMoE, x: torch.Tensor, reps: int, group: dist.ProcessGroup) -> _StageSamples:
+    """`reps` forwards timed stage by stage, each after a barrier."""
+    seconds: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "total")}
     for _ in range(reps):
         dist.barrier(group=group)
-        layer(x)
-        split = layer.last_split
+        timed = timed_forward(layer, x)
         for stage in STAGES:
-            samples[stage].append(getattr(split, f"{stage}_s"))
-        samples["total"].append(split.total_s)
-    traffic = layer.last_traffic
-    point = {
+            seconds[stage].append(timed.stage_s[stage])
+        seconds["total"].append(timed.total_s)
+    return _StageSamples(seconds, timed.traffic)
+
+
+def _rank_figures(
+    request: EPPointRequest, layer: ExpertParallelMoE, samples: _StageSamples, check: _OutputCheck
+) -> dict:
+    """This rank's figures as `measure_ep_point` returns them (a plain dict: it is gathered by pickling)."""
+    traffic = samples.traffic
+    return {
         "world_size": layer.world_size,
-        "rank": rank,
-        "tokens_per_rank": tokens_per_rank,
-        "dtype": str(dtype).removeprefix("torch."),
-        "reps": reps,
-        "device": device.type,
-        "median_s": {stage: statistics.median(values) for stage, values in samples.items()},
+        "rank": layer.rank,
+        "tokens_per_rank": request.tokens_per_rank,
+        "dtype": str(request.dtype).removeprefix("torch."),
+        "reps": request.reps,
+        "device": layer.weights.device.type,
+        "median_s": {stage: statistics.median(values) for stage, values in samples.seconds.items()},
         "rows_sent": list(traffic.rows_sent_R),
         "rows_received": list(traffic.rows_received_R),
         "dispatch_bytes_sent": traffic.dispatch_bytes_sent,
         "combine_bytes_sent": traffic.combine_bytes_sent,
         "counts_bytes_sent": traffic.counts_bytes_sent,
-        "max_abs_err": max_abs_err,
-        "ref_max_abs": ref_max_abs,
-        "samples_s": samples,
+        "max_abs_err": check.max_abs_err,
+        "ref_max_abs": check.ref_max_abs,
+        "samples_s": samples.seconds,
     }
-    gathered = [None] * layer.world_size if rank == 0 else None
-    dist.gather_object(point, gathered, dst=dist.get_global_rank(group, 0), group=group)
-    return {**point, "per_rank": gathered}

@@ -7,6 +7,8 @@ Computed in chunks on the tensor's own device, so a large GPU layer needs no hos
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 CHUNK = 1 << 22
@@ -25,11 +27,27 @@ def _digest(t: torch.Tensor) -> tuple[int, int]:
     return int(plain), int(weighted)
 
 
-def fingerprint(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
+def _fingerprint(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
     return {name: _digest(t) for name, t in tensors.items() if t is not None}
 
 
-def changed(before: dict[str, tuple[int, int]], tensors: dict[str, torch.Tensor]) -> list[str]:
+def _changed(before: dict[str, tuple[int, int]], tensors: dict[str, torch.Tensor]) -> list[str]:
     """Names of the tensors whose contents differ from `before`."""
-    after = fingerprint(tensors)
+    after = _fingerprint(tensors)
     return [name for name in before if after.get(name) != before[name]]
+
+
+@dataclass(frozen=True)
+class SharedTensors:
+    """The tensors every row of a point shares, by name, and their fingerprint while they were clean."""
+
+    tensors: dict[str, torch.Tensor]
+    clean: dict[str, tuple[int, int]]
+
+    @classmethod
+    def of(cls, tensors: dict[str, torch.Tensor]) -> SharedTensors:
+        return cls(tensors, _fingerprint(tensors))
+
+    def changed(self) -> list[str]:
+        """Names of the shared tensors that differ from their clean contents."""
+        return _changed(self.clean, self.tensors)

@@ -23,6 +23,7 @@ class NVML:
     """One initialised NVML session bound to the GPU torch is using; `available` False with `reason` otherwise."""
 
     def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.available, self.reason, self.handle, self._nvml = False, None, None, None
         if device.type != "cuda":
             self.reason = "not a CUDA device"

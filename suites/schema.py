@@ -6,15 +6,23 @@ Every column is listed here with its unit and meaning; the README links to this 
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
+from moe_impls.dense import DENSE_BASELINES  # the `impl` of rows whose family is 'dense'
+
 SCHEMA_VERSION = 1
+EP_IMPL = "expert_parallel"  # the `impl` of rows run on every rank of a process group (suites/ep_run.py)
+STAGES = ("routing", "dispatch", "compute", "combine")  # keys of an expert_parallel row's split_ms, in order
 
 STATUSES = ("ok", "wrong", "oom", "error", "skipped", "timeout")
 
 RESULT_COLUMNS: dict[str, str] = {
     # identity of the point
     "point_id": "stable hash of the point's parameters (shape, dtype, mode, routing); equal across runs",
-    "impl": "implementation or baseline name (loop, padded, sort_group, dense_all, param_matched, flop_matched, ...)",
-    "family": "'moe' for MoE implementations, 'dense' for the dense baselines",
+    "impl": f"implementation or baseline name (loop, padded, sort_group, dense_all, {', '.join(DENSE_BASELINES)}, ...)",
+    "family": f"'moe' for MoE implementations, 'dense' for the dense baselines ({', '.join(DENSE_BASELINES)})",
     "tokens": "tokens per call (T); expert_parallel rows: tokens per rank (each rank routes its own batch)",
     "d_model": "hidden size (D)",
     "d_ff": "hidden size of one expert (F)",
@@ -150,3 +158,27 @@ EP_MODEL_KEYS: dict[str, str] = {
     "points": "per expert_parallel row: point_id, measured_* and predicted_* dispatch/combine/compute ms, compute_to_comm",
     "holdout": "the same fit on the smallest multi-rank world size only, and its errors at every world size",
 }
+
+# How the latency summary columns derive from samples_ms: the one definition for the runner that writes them
+# (suites/stats.py) and for the loader that fills them in where a row omits them (reports/load.py).
+LATENCY_SUMMARY_COLUMNS = tuple(f"latency_ms_{s}" for s in ("median", "mean", "min", "p10", "p90", "p99", "iqr"))
+
+
+def latency_summary(samples_ms_RS: np.ndarray) -> dict[str, np.ndarray]:
+    """Each LATENCY_SUMMARY_COLUMNS column of R rows from their S samples each: [R, S] ms -> {column: [R]}.
+
+    Quantiles interpolate linearly between order statistics (numpy's default, type 7); IQR is p75 - p25.
+    """
+    p10, p25, p50, p75, p90, p99 = np.percentile(samples_ms_RS, [10, 25, 50, 75, 90, 99], axis=1)
+    mean, low = np.mean(samples_ms_RS, axis=1), np.min(samples_ms_RS, axis=1)
+    return dict(zip(LATENCY_SUMMARY_COLUMNS, (p50, mean, low, p10, p90, p99, p75 - p25)))
+
+
+def is_finite_number(value: object) -> bool:
+    """A JSON or TOML number (true and false are not numbers there) that is neither NaN nor infinite."""
+    return type(value) in (int, float) and math.isfinite(value)
+
+
+def is_positive_number(value: object) -> bool:
+    """What every latency column must hold: a finite number above zero (a negative median would win every table)."""
+    return is_finite_number(value) and value > 0

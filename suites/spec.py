@@ -27,23 +27,26 @@ tokens are integers in [1, MAX_TOKENS]; zipf:S takes S in [0, 10] and hot:P take
 capacity_factor is in (0, MAX_CAPACITY_FACTOR]; timing values are finite and >= 0, the millisecond ones at most
 MAX_MS, and 1 <= max_reps <= MAX_REPS with min_reps <= max_reps.
 
-Every mistake is one `SuiteError` line naming the file, the key and the value.
+Every mistake is one `SuiteError` line naming the file, the key and the value. The keys and bounds are in
+suites/spec_fields.py (top level, [timing]) and suites/spec_shapes.py ([[shapes]]); the checked result is a
+`Suite` of `Point`s (suites/suite_model.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import json
-import math
-import re
+import itertools
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import moe_impls
-from moe_impls import MoEConfig, SyntheticRouting
-from suites.timing import TimingSettings
+from moe_impls.expert_parallel import world_size_problem
+from suites import spec_fields as field
+from suites.schema import EP_IMPL
+from suites.spec_fields import FieldError
+from suites.spec_shapes import shape_fields
+from suites.suite_model import Point, Suite
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -51,97 +54,10 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 CONFIG_DIR = Path(__file__).parent / "configs"
-DTYPES = ("float32", "bfloat16", "float16")
-MODES = ("forward", "train")
-TOP_KEYS = {"name", "description", "seed", "impls", "baselines", "dtypes", "modes", "routing", "timing", "shapes"}
-TOP_KEYS |= {"nproc"}
-EP_IMPL = "expert_parallel"  # runs on every rank of a process group (suites/ep_run.py), not through the Runner
-SHAPE_KEYS = {"name", "preset", "d_model", "d_ff", "num_experts", "top_k", "activation", "tokens"}
-SHAPE_KEYS |= {"capacity_factor", "normalize_topk", "dtypes", "modes", "routing"}  # the last three override the top
-NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")  # one path component, never '.', '..' or hidden
-MAX_TOKENS = 2**24  # 16M tokens per call: 128x the gpu suite's largest point, 2^24 x d_model 4096 x bf16 = 128 GiB
-MAX_CAPACITY_FACTOR = 64.0  # past num_experts / top_k nothing drops; larger values only pad
-MAX_REPS = 100_000  # timed samples per row: 100x the default max_reps
-MAX_MS = 600_000.0  # 10 minutes, the most any timing.*_ms value may ask for one row
-SEED_RANGE = range(2**63)  # what torch.Generator.manual_seed accepts without wrapping
 
 
 class SuiteError(ValueError):
     """A suite file that cannot run; the message is one line naming file, key and value."""
-
-
-@dataclass(frozen=True)
-class Point:
-    """One measured configuration; every implementation and baseline gets a row at each point."""
-
-    shape: str
-    d_model: int
-    d_ff: int
-    num_experts: int
-    top_k: int
-    activation: str
-    tokens: int
-    dtype: str
-    mode: str
-    routing: str
-    capacity_factor: float | None = None
-    normalize_topk: bool = True
-    seed: int = 0
-
-    def moe_config(self) -> MoEConfig:
-        router, synthetic = parse_routing(self.routing, self.seed)
-        return MoEConfig(
-            d_model=self.d_model,
-            d_ff=self.d_ff,
-            num_experts=self.num_experts,
-            top_k=self.top_k,
-            activation=self.activation,
-            router=router,
-            capacity_factor=self.capacity_factor,
-            normalize_topk=self.normalize_topk,
-            noise_seed=self.seed,
-            synthetic=synthetic,
-        )
-
-    @property
-    def point_id(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
-        return hashlib.sha1(blob.encode()).hexdigest()[:12]
-
-    def columns(self) -> dict:
-        router, _ = parse_routing(self.routing, self.seed)
-        cols = dataclasses.asdict(self)
-        del cols["seed"]
-        return {"point_id": self.point_id, **cols, "router": router}
-
-
-@dataclass(frozen=True)
-class Suite:
-    name: str
-    description: str
-    path: Path
-    file_hash: str
-    seed: int
-    impls: tuple[str, ...]
-    baselines: tuple[str, ...]
-    dtypes: tuple[str, ...]
-    timing: TimingSettings
-    points: tuple[Point, ...]
-    nproc: tuple[int, ...] = ()  # world sizes of the expert-parallel rows; () when the suite has none
-
-
-def parse_routing(text: str, seed: int = 0) -> tuple[str, SyntheticRouting | None]:
-    """'softmax_topk' -> (router, None); 'zipf:1.2' -> ('softmax_topk', SyntheticRouting('zipf', zipf_s=1.2))."""
-    if text in moe_impls.ROUTERS:
-        return text, None
-    kind, _, arg = text.partition(":")
-    if kind in ("uniform", "collapse") and not arg:
-        return "softmax_topk", SyntheticRouting(kind, seed=seed)
-    if kind in ("zipf", "hot") and arg:
-        value = float(arg)
-        key = "zipf_s" if kind == "zipf" else "hot_fraction"
-        return "softmax_topk", SyntheticRouting(kind, seed=seed, **{key: value})
-    raise ValueError(f"expected a router {moe_impls.ROUTERS} or uniform, zipf:S, hot:P, collapse; got {text!r}")
 
 
 def resolve(name_or_path: str) -> Path:
@@ -161,7 +77,7 @@ def available() -> dict[str, str]:
     return out
 
 
-def load(name_or_path: str, impl_names: list[str] | None = None) -> Suite:
+def load(name_or_path: str) -> Suite:
     if not name_or_path.strip():
         raise SuiteError(f"expected a suite name ({', '.join(available())}) or a TOML path, got {name_or_path!r}")
     path = resolve(name_or_path)
@@ -177,87 +93,36 @@ def load(name_or_path: str, impl_names: list[str] | None = None) -> Suite:
         raw = tomllib.loads(raw_bytes.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise SuiteError(f"{path}: not valid TOML: {exc}") from None
-    return _build(raw, path, hashlib.sha256(raw_bytes).hexdigest()[:16], impl_names)
+    try:
+        return _build(raw, path, hashlib.sha256(raw_bytes).hexdigest()[:16])
+    except FieldError as exc:
+        raise SuiteError(f"{path}: {exc}") from None
 
 
 def _fail(path: Path, key: str, value: object, why: str) -> SuiteError:
-    return SuiteError(f"{path}: {key} = {value!r}: {why}")
+    return SuiteError(f"{path}: {FieldError(key, value, why)}")
 
 
-def _list_of(raw: dict, key: str, kind: type, path: Path, default: list | None = None) -> list:
-    value = raw.get(key, default)
-    if value is None:
-        raise _fail(path, key, value, "required")
-    if not isinstance(value, list) or not value or not all(isinstance(v, kind) for v in value):
-        raise _fail(path, key, value, f"expected a non-empty list of {kind.__name__}")
-    _unique(value, key, path)
-    return value
+@dataclass(frozen=True)
+class _Grid:
+    """The top level's lists, which each [[shapes]] table may override, and the suite's seed."""
+
+    dtypes: tuple[str, ...]
+    modes: tuple[str, ...]
+    routings: list[str]
+    seed: int
 
 
-def first_repeat(values: list) -> object | None:
-    """The first value listed twice, else None: a repeated value would run (and write) the same rows twice."""
-    return next((v for i, v in enumerate(values) if v in values[:i]), None)
-
-
-def _unique(values: list, key: str, path: Path) -> None:
-    repeated = first_repeat(values)
-    if repeated is not None:
-        raise _fail(path, key, values, f"{repeated!r} is listed twice")
-
-
-def _choices(raw: dict, key: str, allowed: list[str] | tuple[str, ...], path: Path, default: list | None = None):
-    values = _list_of(raw, key, str, path, default)
-    for v in values:
-        if v not in allowed:
-            raise _fail(path, key, v, f"expected one of {', '.join(allowed)}")
-    return tuple(values)
-
-
-def _build(raw: dict, path: Path, file_hash: str, impl_names: list[str] | None) -> Suite:
-    unknown = set(raw) - TOP_KEYS
-    if unknown:
-        raise _fail(path, sorted(unknown)[0], raw[sorted(unknown)[0]], f"unknown key; expected {sorted(TOP_KEYS)}")
-    seed = raw.get("seed", 0)
-    if type(seed) is not int or seed not in SEED_RANGE:
-        raise _fail(path, "seed", seed, "expected an integer in [0, 2**63)")
-    name = _suite_name(raw, path)
-    description = raw.get("description", "")
-    if not isinstance(description, str):
-        raise _fail(path, "description", description, "expected a string")
-    impls = _impl_choices(raw, [*(impl_names or moe_impls.names()), EP_IMPL], path)
-    if raw.get("baselines") == []:
-        baselines = ()
-    else:
-        baselines = _choices(raw, "baselines", list(moe_impls.BASELINES), path, default=list(moe_impls.BASELINES))
-    dtypes = _choices(raw, "dtypes", DTYPES, path, default=["float32"])
-    modes = _choices(raw, "modes", MODES, path, default=["forward"])
-    routings = _routings(raw, path, default=["softmax_topk"])
-    timing = _timing(raw.get("timing", {}), path)
-    shapes = raw.get("shapes")
-    if not isinstance(shapes, list) or not shapes or not all(isinstance(s, dict) for s in shapes):
-        raise _fail(path, "shapes", shapes, "expected one or more [[shapes]] tables")
-    points: dict[str, Point] = {}
-    for i, shape in enumerate(shapes):
-        where = f"shapes[{i}]"
-        fields = _shape_fields(shape, where, path)
-        shape_dtypes = _choices(fields, "dtypes", DTYPES, path, default=list(dtypes))
-        shape_modes = _choices(fields, "modes", MODES, path, default=list(modes))
-        shape_routings = _routings(fields, path, default=routings)
-        for key in ("dtypes", "modes", "routing"):
-            fields.pop(key, None)
-        for tokens in fields.pop("tokens"):
-            for dtype in shape_dtypes:
-                for mode in shape_modes:
-                    for routing in shape_routings:
-                        point = Point(tokens=tokens, dtype=dtype, mode=mode, routing=routing, seed=seed, **fields)
-                        try:
-                            point.moe_config()
-                        except ValueError as exc:
-                            raise _fail(path, f"shapes[{i}]", shape.get("name", i), f"{routing}: {exc}") from None
-                        if point.point_id in points:
-                            why = f"repeats the point T={tokens} {dtype} {mode} {routing} of an earlier shape"
-                            raise _fail(path, where, point.shape, why)
-                        points[point.point_id] = point
+def _build(raw: dict, path: Path, file_hash: str) -> Suite:
+    field.check_top_keys(raw)
+    seed = field.seed(raw)
+    name, description = field.suite_name(raw, path), field.description(raw)
+    impls, baselines = field.impls(raw), field.baselines(raw)
+    dtypes = field.choices(raw, "dtypes", field.DTYPES, default=["float32"])
+    modes = field.choices(raw, "modes", field.MODES, default=["forward"])
+    grid = _Grid(dtypes, modes, field.routings(raw, default=["softmax_topk"]), seed)
+    timing = field.timing(raw.get("timing", {}))
+    points = _points(raw.get("shapes"), grid)
     return Suite(
         name=name,
         description=description,
@@ -266,22 +131,45 @@ def _build(raw: dict, path: Path, file_hash: str, impl_names: list[str] | None) 
         seed=seed,
         impls=impls,
         baselines=baselines,
-        dtypes=tuple(sorted({p.dtype for p in points.values()})),
+        dtypes=tuple(sorted({p.dtype for p in points})),
         timing=timing,
-        points=tuple(points.values()),
-        nproc=_nproc(raw, path, impls, list(points.values())),
+        points=tuple(points),
+        nproc=_nproc(raw, path, impls, points),
     )
 
 
-def _suite_name(raw: dict, path: Path) -> str:
-    """The results directory's name: `name`, checked, or the file's stem made safe (spaces, '..' cannot escape)."""
-    if "name" not in raw:
-        return re.sub(r"[^A-Za-z0-9._-]", "_", path.stem).lstrip(".") or "suite"
-    name = raw["name"]
-    if not isinstance(name, str) or not NAME.fullmatch(name):
-        why = "expected letters, digits, '.', '_' or '-', not starting with '.' (it names the results directory)"
-        raise _fail(path, "name", name, why)
-    return name
+def _points(shapes: object, grid: _Grid) -> list[Point]:
+    """Every shape's grid of points, in file order; a point listed by two shapes is refused."""
+    if not isinstance(shapes, list) or not shapes or not all(isinstance(s, dict) for s in shapes):
+        raise FieldError("shapes", shapes, "expected one or more [[shapes]] tables")
+    points: dict[str, Point] = {}
+    for i, shape in enumerate(shapes):
+        for point in _shape_points(shape, i, grid):
+            if point.point_id in points:
+                why = (
+                    f"repeats the point T={point.tokens} {point.dtype} {point.mode} {point.routing} of an earlier shape"
+                )
+                raise FieldError(f"shapes[{i}]", point.shape, why)
+            points[point.point_id] = point
+    return list(points.values())
+
+
+def _shape_points(shape: dict, i: int, grid: _Grid) -> Iterator[Point]:
+    """shapes[i]'s tokens x dtypes x modes x routings, each checked to build an MoEConfig."""
+    where = f"shapes[{i}]"
+    fields = shape_fields(shape, where)
+    dtypes = field.choices(fields, "dtypes", field.DTYPES, default=list(grid.dtypes))
+    modes = field.choices(fields, "modes", field.MODES, default=list(grid.modes))
+    routings = field.routings(fields, default=grid.routings)
+    for key in ("dtypes", "modes", "routing"):
+        fields.pop(key, None)
+    for tokens, dtype, mode, routing in itertools.product(fields.pop("tokens"), dtypes, modes, routings):
+        point = Point(tokens=tokens, dtype=dtype, mode=mode, routing=routing, seed=grid.seed, **fields)
+        try:
+            point.moe_config()
+        except ValueError as exc:
+            raise FieldError(where, shape.get("name", i), f"{routing}: {exc}") from None
+        yield point
 
 
 def _nproc(raw: dict, path: Path, impls: tuple[str, ...], points: list[Point]) -> tuple[int, ...]:
@@ -301,123 +189,8 @@ def _nproc(raw: dict, path: Path, impls: tuple[str, ...], points: list[Point]) -
 def check_world_size(points: list[Point] | tuple[Point, ...], world_size: int, path: Path) -> None:
     """SuiteError unless every point can run expert parallel on `world_size` ranks."""
     for p in points:
-        if p.num_experts % world_size:
-            why = f"num_experts ({p.num_experts}) must be divisible by the world size ({world_size})"
+        why = world_size_problem(p.num_experts, world_size)
+        if why:
             raise _fail(path, "nproc", world_size, f"{EP_IMPL}: shape {p.shape!r}: {why}")
         if p.mode != "forward":
             raise _fail(path, "modes", p.mode, f"{EP_IMPL} measures the forward pass only")
-
-
-def _impl_choices(raw: dict, allowed: list[str], path: Path) -> tuple[str, ...]:
-    """Named implementations, `<impl>+compile` and plug-ins; transformers peers are dropped where it is absent."""
-    absent = moe_impls.peers.absent()
-    values = _list_of(raw, "impls", str, path)
-    for v in values:
-        if v not in allowed and v not in absent and not moe_impls.registry.is_known(v):
-            expected = f"one of {', '.join(allowed)}, <impl>+compile, a plug-in or module.path:factory"
-            raise _fail(path, "impls", v, f"expected {expected}")
-    return tuple(v for v in values if v not in absent)
-
-
-def _routings(raw: dict, path: Path, default: list[str]) -> list[str]:
-    routings = _list_of(raw, "routing", str, path, default=default)
-    for r in routings:
-        try:
-            parse_routing(r)
-        except ValueError as exc:
-            raise _fail(path, "routing", r, str(exc)) from None
-    return routings
-
-
-def _timing(raw: object, path: Path) -> TimingSettings:
-    if not isinstance(raw, dict):
-        raise _fail(path, "timing", raw, "expected a [timing] table")
-    fields = {f.name: f for f in dataclasses.fields(TimingSettings)}
-    for key, value in raw.items():
-        if key not in fields:
-            raise _fail(path, f"timing.{key}", value, f"unknown key; expected {sorted(fields)}")
-        default = fields[key].default
-        if not _same_kind(value, default):
-            raise _fail(path, f"timing.{key}", value, f"expected {type(default).__name__}")
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            _timing_bound(key, value, path)
-    try:
-        timing = TimingSettings(**raw)
-    except (TypeError, ValueError) as exc:
-        raise _fail(path, "timing", raw, str(exc)) from None
-    if timing.min_reps > timing.max_reps:
-        raise _fail(path, "timing.min_reps", timing.min_reps, f"must be <= timing.max_reps ({timing.max_reps})")
-    return timing
-
-
-def _same_kind(value: object, default: object) -> bool:
-    """TOML's type for a TimingSettings field: a bool for a bool, an int for an int, either number for a float."""
-    if isinstance(value, bool) or isinstance(default, bool):
-        return isinstance(value, bool) and isinstance(default, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float))
-    return type(value) is type(default)
-
-
-def _timing_bound(key: str, value: float, path: Path) -> None:
-    """Finite, >= 0, and within what one row may ask for (MAX_MS, MAX_REPS)."""
-    low = 1 if key == "max_reps" else 0
-    high = MAX_MS if key.endswith("_ms") else MAX_REPS if key.endswith("_reps") else math.inf
-    if not (math.isfinite(value) and low <= value <= high):
-        limit = f" and <= {high:g}" if high < math.inf else ""
-        raise _fail(path, f"timing.{key}", value, f"expected a finite number >= {low}{limit}")
-
-
-def _shape_fields(shape: dict, where: str, path: Path) -> dict:
-    unknown = set(shape) - SHAPE_KEYS
-    if unknown:
-        key = sorted(unknown)[0]
-        raise _fail(path, f"{where}.{key}", shape[key], f"unknown key; expected {sorted(SHAPE_KEYS)}")
-    fields = dict(shape)
-    if "preset" in fields:
-        fields = {**_preset_shape(fields.pop("preset"), where, path), **fields}
-    fields.setdefault("name", where)
-    fields["shape"] = fields.pop("name")
-    fields.setdefault("activation", "swiglu")
-    for key in ("d_model", "d_ff", "num_experts", "top_k"):
-        value = fields.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise _fail(path, f"{where}.{key}", value, "expected a positive integer")
-    tokens = fields.get("tokens")
-    if not isinstance(tokens, list) or not tokens or not all(type(t) is int and 0 < t <= MAX_TOKENS for t in tokens):
-        why = f"expected a non-empty list of positive integers <= {MAX_TOKENS} (MAX_TOKENS)"
-        raise _fail(path, f"{where}.tokens", tokens, why)
-    _unique(tokens, f"{where}.tokens", path)
-    cf = fields.get("capacity_factor")
-    if cf is not None and (type(cf) not in (int, float) or not 0 < cf <= MAX_CAPACITY_FACTOR):
-        why = f"expected a number in (0, {MAX_CAPACITY_FACTOR:g}] (omit it for dropless)"
-        raise _fail(path, f"{where}.capacity_factor", cf, why)
-    if not isinstance(fields["shape"], str) or not fields["shape"]:
-        raise _fail(path, f"{where}.name", fields["shape"], "expected a non-empty string")
-    if not isinstance(fields.get("normalize_topk", True), bool):
-        raise _fail(path, f"{where}.normalize_topk", fields["normalize_topk"], "expected true or false")
-    try:
-        MoEConfig(**{k: fields[k] for k in ("d_model", "d_ff", "num_experts", "top_k", "activation")})
-    except ValueError as exc:
-        raise _fail(path, where, fields["shape"], str(exc)) from None
-    return fields
-
-
-def _preset_shape(name: object, where: str, path: Path) -> dict:
-    """A real model's MoE layer shape, from the same presets `moe-bench calc` uses."""
-    try:
-        from analysis import models
-
-        layer = models.from_name(str(name)).moe_layer()
-    except (ImportError, KeyError, ValueError) as exc:
-        raise _fail(path, f"{where}.preset", name, str(exc).strip("'\"")) from None
-    cfg = layer if isinstance(layer, MoEConfig) else layer.config
-    return {
-        "name": str(name),
-        "d_model": cfg.d_model,
-        "d_ff": cfg.d_ff,
-        "num_experts": cfg.num_experts,
-        "top_k": cfg.top_k,
-        "activation": cfg.activation,
-        "normalize_topk": cfg.normalize_topk,
-    }

@@ -1,27 +1,22 @@
 """Summary statistics built from the raw samples, which are always kept beside them.
 
-Percentiles use linear interpolation between order statistics (numpy's default, 'linear' / type 7).
+How each statistic derives from the samples (quantiles, IQR) is defined once, in suites/schema.py
+(`latency_summary`), so the rows written here and the summaries reports/load.py fills in agree.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from dataclasses import asdict, dataclass
 
+import numpy as np
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    """q in [0, 100] of an ascending list, linear interpolation (type 7)."""
-    if not sorted_values:
-        return math.nan
-    pos = (len(sorted_values) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+from suites.schema import latency_summary
 
 
 @dataclass(frozen=True)
 class Stats:
-    """Latency statistics in milliseconds."""
+    """Latency statistics in milliseconds; the fields after `n` are the `latency_ms_<field>` columns."""
 
     n: int
     median: float
@@ -34,19 +29,10 @@ class Stats:
 
     @classmethod
     def of(cls, samples_ms: list[float]) -> Stats:
-        s = sorted(samples_ms)
-        if not s:
+        if not samples_ms:
             raise ValueError("Stats.of: expected at least one sample, got none")
-        return cls(
-            n=len(s),
-            median=percentile(s, 50),
-            mean=statistics.fmean(s),
-            min=s[0],
-            p10=percentile(s, 10),
-            p90=percentile(s, 90),
-            p99=percentile(s, 99),
-            iqr=percentile(s, 75) - percentile(s, 25),
-        )
+        summary = latency_summary(np.asarray([samples_ms], dtype=float))
+        return cls(n=len(samples_ms), **{col.removeprefix("latency_ms_"): float(v[0]) for col, v in summary.items()})
 
     @property
     def rel_iqr(self) -> float:

@@ -9,7 +9,7 @@ its neighbour left. The cache state of the timed calls is a setting, `cache`:
 - cold: every call finds its weights and input out of cache, as a model whose weights do not fit in cache
   does. On CUDA a buffer twice the L2 size is zeroed before each call. On CPU a flush as large as the
   last-level cache would cost more than the call, so the row rotates over copies of its weights and input
-  (the runner builds them, `Timed.calls`); rows that share copies share one rotation (`Timed.pool`).
+  (the runner builds them, `RowCalls.calls`); rows that share copies share one rotation (`RowCalls.pool`).
 - warm: every call of a block runs on the same weights, back to back, as `torch.utils.benchmark`'s
   `blocked_autorange` does: the data stays in cache as far as it fits.
 
@@ -97,7 +97,10 @@ class TimingSettings:
 
 
 @dataclass
-class Timing:
+class RowTiming:
+    """What timing one row gave: every sample, the timer that took them (perf_counter, cuda_event, cuda_graph)
+    and why it differs from the settings (`note`)."""
+
     samples_ms: list[float]
     timer: str
     note: str | None = None
@@ -109,8 +112,8 @@ class Timing:
 
 
 @dataclass(frozen=True)
-class Timed:
-    """One row to time.
+class RowCalls:
+    """One row to time: what the timers call, and how.
 
     calls: the row's call on each copy of its weights and input (one copy, or a rotation for cold CPU timing).
     resets: run after each call of the same copy, outside the timed region (train mode drops the gradients, so
@@ -149,23 +152,23 @@ class _L2Flush:
         self.buffer.zero_()
 
 
-class _Row:
+class _RowState:
     """A row being timed: which copy comes next (shared with its pool), its block size and what it spent."""
 
-    def __init__(self, timed: Timed, turn: itertools.count, timing: Timing) -> None:
-        self.timed, self.turn, self.timing = timed, turn, timing
-        self.calls: list[Callable[[], object]] = list(timed.calls)
-        self.block, self.spent_ms, self.reenter = 1, 0.0, not timed.watch
+    def __init__(self, calls: RowCalls, turn: itertools.count, timing: RowTiming) -> None:
+        self.calls, self.turn, self.timing = calls, turn, timing
+        self.copies: list[Callable[[], object]] = list(calls.calls)  # one call per copy (or a captured graph)
+        self.block, self.spent_ms, self.reenter = 1, 0.0, not calls.watch
 
     def next_copy(self) -> int:
-        return next(self.turn) % len(self.calls)
+        return next(self.turn) % len(self.copies)
 
     def reset(self, copy: int) -> None:
-        if self.timed.resets:
-            self.timed.resets[copy]()
+        if self.calls.resets:
+            self.calls.resets[copy]()
 
 
-def time_rows(rows: dict[str, Timed], device: torch.device, s: TimingSettings) -> dict[str, Timing]:
+def time_rows(rows: dict[str, RowCalls], device: torch.device, s: TimingSettings) -> dict[str, RowTiming]:
     """Times every row of a point round-robin: each round runs a block of every row still sampling, starting
     one row later than the round before; the first call of each block is untimed.
 
@@ -174,60 +177,76 @@ def time_rows(rows: dict[str, Timed], device: torch.device, s: TimingSettings) -
     """
     cuda = device.type == "cuda"
     flush = _L2Flush(device) if cuda and s.l2_flush and s.cache == "cold" else None
-    timings = {name: Timing([], "cuda_event" if cuda else "perf_counter") for name in rows}
+    timings, active = _warmed_up(rows, flush, cuda, s)
+    round_ = 0
+    while active:
+        _round(active, round_, flush, cuda)
+        round_ += 1
+        active = {
+            n: r
+            for n, r in active.items()
+            if r.timing.error is None
+            and (r.calls.watch or not _done(r.timing.samples_ms, sum(r.timing.samples_ms), r.spent_ms, s))
+        }
+        if all(r.calls.watch for r in active.values()):
+            break
+    return timings
+
+
+def _warmed_up(
+    rows: dict[str, RowCalls], flush: _L2Flush | None, cuda: bool, s: TimingSettings
+) -> tuple[dict[str, RowTiming], dict[str, _RowState]]:
+    """Every row's timing, and the rows captured (CUDA graphs) and warmed up, each with its block size; a row
+    that fails here keeps its error in its timing and is not timed."""
+    timings = {name: RowTiming([], "cuda_event" if cuda else "perf_counter") for name in rows}
     turns: dict[str, itertools.count] = {}
-    active: dict[str, _Row] = {}
-    for name, timed in rows.items():
-        row = _Row(timed, turns.setdefault(timed.pool or name, itertools.count()), timings[name])
+    active: dict[str, _RowState] = {}
+    for name, calls in rows.items():
+        row = _RowState(calls, turns.setdefault(calls.pool or name, itertools.count()), timings[name])
         try:
             if s.cache == "warm":
-                row.calls = row.calls[:1]
+                row.copies = row.copies[:1]
             _maybe_capture(row, cuda, s)
             row.block, call_ms = _warm_up(row, flush, s, cuda)
-            if timed.watch:  # the canary samples the machine once a round; its own cache state is not the point
+            if calls.watch:  # the canary samples the machine once a round; its own cache state is not the point
                 row.block = 1
             elif s.cache == "cold" and call_ms > REENTRY_MAX_MS:
                 row.reenter = False
             active[name] = row
         except Exception as exc:
             timings[name].error = exc.with_traceback(None)
-    round_ = 0
-    while active:
-        names = list(active)
-        shift, round_ = round_ % len(names), round_ + 1  # rotate: no row always follows the same row
-        pending = []
-        for name in names[shift:] + names[:shift]:
-            try:
-                pending.append((name, _run_block(active[name], flush, cuda)))
-            except Exception as exc:
-                timings[name].error = exc.with_traceback(None)
+    return timings, active
+
+
+def _round(active: dict[str, _RowState], round_: int, flush: _L2Flush | None, cuda: bool) -> None:
+    """One block of every active row, starting with the row `round_` places after the first (so no row always
+    follows the same row); the samples are read after one synchronise on CUDA."""
+    names = list(active)
+    shift = round_ % len(names)
+    pending = []
+    for name in names[shift:] + names[:shift]:
+        try:
+            pending.append((name, _run_block(active[name], flush, cuda)))
+        except Exception as exc:
+            active[name].timing.error = exc.with_traceback(None)
+    if cuda:
+        torch.cuda.synchronize()
+    for name, block in pending:
+        row = active[name]
         if cuda:
-            torch.cuda.synchronize()
-        for name, block in pending:
-            row = active[name]
-            if cuda:
-                block = [begin.elapsed_time(end) for begin, end in block]
-                row.spent_ms += sum(block)
-            row.timing.samples_ms.extend(block)
-        active = {
-            n: r
-            for n, r in active.items()
-            if r.timing.error is None
-            and (r.timed.watch or not _done(r.timing.samples_ms, sum(r.timing.samples_ms), r.spent_ms, s))
-        }
-        if all(r.timed.watch for r in active.values()):
-            break
-    return timings
+            block = [begin.elapsed_time(end) for begin, end in block]
+            row.spent_ms += sum(block)
+        row.timing.samples_ms.extend(block)
 
 
-def _maybe_capture(row: _Row, cuda: bool, s: TimingSettings) -> None:
+def _maybe_capture(row: _RowState, cuda: bool, s: TimingSettings) -> None:
     if not (cuda and s.cuda_graph):
         return
-    if not row.timed.graph_ok:
+    if not row.calls.graph_ok:
         row.timing.note = "timed eagerly: not CUDA-graph capturable (train mode, or host reads in forward)"
         return
     try:
-        row.calls = [_capture(row.calls[0])]
+        row.copies = [_capture(row.copies[0])]
         row.timing.timer = "cuda_graph"
     except Exception as exc:  # e.g. a host sync inside the implementation makes it uncapturable
         torch.cuda.synchronize()
@@ -235,14 +254,14 @@ def _maybe_capture(row: _Row, cuda: bool, s: TimingSettings) -> None:
         row.timing.note = f"cuda_graph unavailable, timed eagerly: {type(exc).__name__}: {first}"
 
 
-def _call(row: _Row, flush: _L2Flush | None) -> int:
+def _call(row: _RowState, flush: _L2Flush | None) -> int:
     copy = row.next_copy()
     flush and flush()
-    row.calls[copy]()
+    row.copies[copy]()
     return copy
 
 
-def _run_block(row: _Row, flush: _L2Flush | None, cuda: bool) -> list:
+def _run_block(row: _RowState, flush: _L2Flush | None, cuda: bool) -> list:
     """One untimed call (the row re-enters: threads wake, its code path warms), then `row.block` timed calls.
 
     CPU: the samples in ms. CUDA: (begin, end) event pairs, read after the round's synchronise.
@@ -257,12 +276,12 @@ def _run_block(row: _Row, flush: _L2Flush | None, cuda: bool) -> list:
         if cuda:
             begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             begin.record()
-            row.calls[copy]()
+            row.copies[copy]()
             end.record()
             out.append((begin, end))
         else:
             t0 = time.perf_counter()
-            row.calls[copy]()
+            row.copies[copy]()
             out.append((time.perf_counter() - t0) * 1e3)
         row.reset(copy)
     if not cuda:
@@ -270,7 +289,7 @@ def _run_block(row: _Row, flush: _L2Flush | None, cuda: bool) -> list:
     return out
 
 
-def _warm_up(row: _Row, flush: _L2Flush | None, s: TimingSettings, cuda: bool) -> tuple[int, float]:
+def _warm_up(row: _RowState, flush: _L2Flush | None, s: TimingSettings, cuda: bool) -> tuple[int, float]:
     """Untimed calls for `warmup_ms`, at least two; returns the block size that fills about `block_ms` and the
     fastest warm-up call's ms."""
     start, times = time.perf_counter(), []
@@ -301,17 +320,9 @@ def _capture(fn: Callable[[], object]) -> Callable[[], None]:
 
 def time_fn(
     fn: Callable[[], object], device: torch.device, s: TimingSettings, reset: Callable[[], None] | None = None
-) -> Timing:
+) -> RowTiming:
     """Times one call alone (the peaks, tests): `time_rows` with a single row; its error is raised."""
-    timing = time_rows({"row": Timed([fn], [reset] if reset else None)}, device, s)["row"]
+    timing = time_rows({"row": RowCalls([fn], [reset] if reset else None)}, device, s)["row"]
     if timing.error is not None:
         raise timing.error
     return timing
-
-
-def time_cpu(fn: Callable[[], object], s: TimingSettings, reset: Callable[[], None] | None = None) -> Timing:
-    return time_fn(fn, torch.device("cpu"), s, reset)
-
-
-def time_cuda(fn: Callable[[], object], s: TimingSettings, reset: Callable[[], None] | None = None) -> Timing:
-    return time_fn(fn, torch.device("cuda", torch.cuda.current_device()), s, reset)

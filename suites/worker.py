@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from multiprocessing import forkserver
 
-from suites.spec import Point
+from suites.suite_model import Point
 from suites.timing import TimingSettings
 
 STARTUP_S = 600.0  # a fresh worker measures the peaks and the canary before it answers
@@ -94,7 +94,7 @@ def serve(conn, spec: WorkerSpec) -> None:
     def report(stage: str, rows: list[str], limit_s: float) -> None:
         conn.send(("stage", (stage, rows, limit_s)))
 
-    runner = PointRunner(device, spec.seed, spec.timing, spec.peaks, spec.canary_ms, spec.dtypes, report)
+    runner = PointRunner(spec, report)
     conn.send(("ready", runner.describe()))
     while True:
         try:
@@ -206,7 +206,7 @@ class InlineWorker:
         device = torch.device(spec.device)
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        self.runner = PointRunner(device, spec.seed, spec.timing, spec.peaks, spec.canary_ms, spec.dtypes)
+        self.runner = PointRunner(spec)
         self.starts = 1
 
     def start(self) -> dict:

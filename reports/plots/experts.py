@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from reports.facets import Group, fmt_value
+from reports.cells import fmt_value
+from reports.facets import Group
 from reports.plots.skew import pick_tokens, routings_by_skew
 from reports.plots.style import HATCH, PlotFile, legend, new_figure, save, tex
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from reports.facets import Group, fmt_value
+from reports.cells import fmt_value
+from reports.facets import Group
 from reports.load import samples_of
-from reports.plots.style import HATCH, PlotFile, colour, legend, new_figure, order_impls, plain_log_axis, save, tex
+from reports.plots import style
 
 MAX_PANELS = 4
 
@@ -25,13 +26,13 @@ def pick_tokens(tokens, limit: int = MAX_PANELS) -> list[float]:
     return [values[i] for i in sorted(set(np.linspace(0, len(values) - 1, limit).round().astype(int)))]
 
 
-def plot(group: Group, meta: dict, out_dir: Path) -> PlotFile | str:
-    impls = order_impls(group.ok["impl"])
+def plot(group: Group, meta: dict, out_dir: Path) -> style.PlotFile | str:
+    impls = style.order_impls(group.ok["impl"])
     lines = {impl: group.line(impl) for impl in impls}
     tokens = pick_tokens(t for line in lines.values() for t in line["tokens"])
     if not tokens:
         return "no successful points"
-    fig, axes = new_figure(ncols=len(tokens), width=3.6 if len(tokens) > 1 else 6.4)
+    fig, axes = style.new_figure(ncols=len(tokens), width=3.6 if len(tokens) > 1 else 6.4)
     disturbed = False
     for ax, t in zip(axes[0], tokens):
         data, names, marked = [], [], []
@@ -45,22 +46,22 @@ def plot(group: Group, meta: dict, out_dir: Path) -> PlotFile | str:
             data, patch_artist=True, widths=0.6, flierprops={"markersize": 2}, medianprops={"color": "black"}
         )
         for patch, impl, mark in zip(box["boxes"], names, marked):
-            patch.set_facecolor(colour(impl, impls))
+            patch.set_facecolor(style.colour(impl, impls))
             patch.set_alpha(0.6)
             if mark:
-                patch.set_hatch(HATCH)
+                patch.set_hatch(style.HATCH)
         disturbed |= any(marked)
-        ax.set_xticks(range(1, len(names) + 1), [tex(n) for n in names], rotation=45, ha="right", fontsize=8)
+        ax.set_xticks(range(1, len(names) + 1), [style.tex(n) for n in names], rotation=45, ha="right", fontsize=8)
         ax.set_title(f"T = {fmt_value(t)}", fontsize=9)
         ax.set_ylabel("latency per call (ms)")
         values = np.concatenate(data) if data else np.array([])
         if len(values) and values.min() > 0 and values.max() / values.min() > 20:
             ax.set_yscale("log")
-            plain_log_axis(ax.yaxis)
+            style.plain_log_axis(ax.yaxis)
         ax.grid(True, axis="y", alpha=0.3)
-    fig.suptitle(f"Latency distribution\n{tex(group.label)} · routing {tex(group.base_routing or '-')}", fontsize=10)
+    fig.suptitle(style.group_title("Latency distribution", group), fontsize=10)
     caption = "Every timed repetition: boxes are quartiles, whiskers 1.5 IQR, dots outliers."
     if disturbed:
-        legend(axes[0, -1], "hatch", fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        caption += " Hatched: timed on a disturbed machine (no finding)."
-    return save(fig, out_dir / f"{group.slug}_latency.png", "Latency distribution", caption)
+        style.legend(axes[0, -1], "hatch", **style.BESIDE)
+    caption = style.noted(caption, disturbed, style.HATCHED_NOTE)
+    return style.save(fig, out_dir / f"{group.slug}_latency.png", "Latency distribution", caption)

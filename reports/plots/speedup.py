@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from reports.facets import Group
-from reports.plots.style import PlotFile, impl_line, legend, new_figure, order_impls, plain_log_axis, save, tex
+from reports.plots import style
 
 
 def ratio_line(group: Group, impl: str, reference: str) -> pd.DataFrame:
@@ -29,13 +29,13 @@ def ratio_line(group: Group, impl: str, reference: str) -> pd.DataFrame:
     return out[out["ratio"].notna()]
 
 
-def plot(group: Group, meta: dict, out_dir: Path) -> PlotFile | str:
-    impls = order_impls(group.ok["impl"])
+def plot(group: Group, meta: dict, out_dir: Path) -> style.PlotFile | str:
+    impls = style.order_impls(group.ok["impl"])
     panels = [
         ("loop", "speed-up over loop (x)", "Speed-up over loop", impls),
         ("flop_matched", "efficiency vs flop_matched dense (x)", "Efficiency vs FLOP-matched dense", impls),
     ]
-    fig, axes = new_figure(ncols=2, width=5.2)
+    fig, axes = style.new_figure(ncols=2, width=5.2)
     drawn, disturbed = 0, False
     for ax, (reference, ylabel, title, names) in zip(axes[0], panels):
         marked_here = False
@@ -45,32 +45,30 @@ def plot(group: Group, meta: dict, out_dir: Path) -> PlotFile | str:
             line = ratio_line(group, impl, reference)
             if not len(line):
                 continue
-            marked_here |= impl_line(ax, impl, impls, line.index, line["ratio"], line["disturbed"])
+            marked_here |= style.impl_line(ax, impl, impls, style.Points(line.index, line["ratio"], line["disturbed"]))
             drawn += 1
         disturbed |= marked_here
         ax.axhline(1.0, color="black", lw=0.8, ls=":")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        plain_log_axis(ax.xaxis, group.ok["tokens"])
-        plain_log_axis(ax.yaxis)
-        ax.set_xlabel("tokens per call")
+        style.tokens_axes(ax, group.ok["tokens"])
+        style.plain_log_axis(ax.yaxis)
         ax.set_ylabel(ylabel)
         ax.set_title(title, fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            legend(ax, "marker" if marked_here else None, fontsize=8)
+            style.legend(ax, "marker" if marked_here else None, fontsize=8)
         else:
             ax.text(0.5, 0.5, f"no {reference} reference", transform=ax.transAxes, ha="center", va="center")
     if not drawn:
         return "neither loop nor flop_matched succeeded beside another implementation"
     fig.suptitle(
-        f"Relative speed (ratio of median latencies)\n{tex(group.label)} · routing {tex(group.base_routing or '-')}",
+        style.group_title("Relative speed (ratio of median latencies)", group),
         fontsize=10,
     )
     caption = (
         "Left: loop median / impl median. Right: flop_matched median / impl median; "
         "1.0 means the MoE layer costs no more than a dense FFN with the same FLOPs per token (sparsity is free)."
     )
-    if disturbed:
-        caption += " Hollow markers: either side was timed on a disturbed machine (no finding)."
-    return save(fig, out_dir / f"{group.slug}_speedup.png", "Speed-up and efficiency", caption)
+    caption = style.noted(
+        caption, disturbed, "Hollow markers: either side was timed on a disturbed machine (no finding)."
+    )
+    return style.save(fig, out_dir / f"{group.slug}_speedup.png", "Speed-up and efficiency", caption)

@@ -24,6 +24,9 @@ from reports.disturbed import PLOT_LEGEND  # noqa: E402
 from reports.load import DENSE_IMPLS  # noqa: E402
 
 HATCH = "xx"  # bars of disturbed points
+HOLLOW_NOTE = "Hollow markers: points timed on a disturbed machine (no finding)."
+HATCHED_NOTE = "Hatched: timed on a disturbed machine (no finding)."
+BESIDE = {"fontsize": 8, "loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}  # a legend right of its axes
 
 _KNOWN = {
     "loop": "#1f77b4",
@@ -50,15 +53,42 @@ def tex(text) -> str:
     return str(text).replace("$", r"\$")
 
 
-def impl_line(ax, impl: str, impls: list[str], x, y, disturbed) -> bool:
+@dataclass(frozen=True)
+class Points:
+    """One line's points: x and y, and whether each was timed on a disturbed machine (array-likes, one per point)."""
+
+    x: object
+    y: object
+    disturbed: object
+
+
+def group_title(what: str, group) -> str:
+    """A figure's title: what it shows, then its group (facets.Group) and the routing swept over tokens."""
+    return f"{what}\n{tex(group.label)} · routing {tex(group.base_routing or '-')}"
+
+
+def impl_line(ax, impl: str, impls: list[str], points: Points) -> bool:
     """One implementation's line (dashed for a dense baseline), its points timed on a disturbed machine hollow
     (white face, coloured edge); whether there were any."""
-    x, y, marked = np.asarray(x), np.asarray(y), np.asarray(disturbed, dtype=bool)
+    x, y, marked = np.asarray(points.x), np.asarray(points.y), np.asarray(points.disturbed, dtype=bool)
     c = colour(impl, impls)
     ax.plot(x, y, linestyle(impl), marker="o", ms=4, color=c, label=tex(impl))
     if marked.any():
         ax.plot(x[marked], y[marked], ls="none", marker="o", ms=6, mfc="white", mec=c, mew=1.3, zorder=4)
     return bool(marked.any())
+
+
+def tokens_axes(ax, tokens) -> None:
+    """Log-log axes whose x is the swept token counts (a tick at each), labelled as such."""
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    plain_log_axis(ax.xaxis, tokens)
+    ax.set_xlabel("tokens per call")
+
+
+def noted(caption: str, disturbed: bool, note: str) -> str:
+    """The caption, then `note` (how points timed on a disturbed machine are drawn) when the figure shows any."""
+    return f"{caption} {note}" if disturbed else caption
 
 
 def legend(ax, disturbed: str | None = None, **kw) -> None:

@@ -11,9 +11,11 @@ import torch
 import moe_impls
 from moe_impls import MoEWeights
 from suites import spec
+from suites.calls import call_for_timing, check_call
 from suites.nvml import NVML
-from suites.point_runner import RTOL, check_call, timed_call
+from suites.reference import error_and_tolerance, reference_layer
 from suites.steadiness import Thresholds, Window, cpu_verdict, gpu_verdict
+from suites.suite_model import Point
 from suites.timing import TimingSettings
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -26,7 +28,7 @@ def synchronized_timer() -> float:
     return time.perf_counter()
 
 
-def suite_rows(name: str, keep: Callable[[spec.Point], bool] = lambda p: True) -> list:
+def suite_rows(name: str, keep: Callable[[Point], bool] = lambda p: True) -> list:
     suite = spec.load(name)
     rows = [(p, impl) for p in suite.points if keep(p) for impl in (*suite.impls, *suite.baselines)]
     return [
@@ -46,21 +48,22 @@ def watched(benchmark, call: Callable[[], object], reset: Callable[[], None], ro
     benchmark.extra_info.update({**window.signals, **gpu, "disturbed": bool(reasons), "disturbance": reasons})
 
 
-def checked_call(point: spec.Point, impl: str) -> tuple[Callable[[], object], Callable[[], None]]:
+def benchmark_call(point: Point, impl: str) -> tuple[Callable[[], object], Callable[[], None]]:
     """The timed call and its reset (pytest-benchmark runs it as each round's setup), after the implementation's
-    output has matched the reference."""
+    output has matched the reference the runner uses, within the runner's tolerance."""
     cfg = point.moe_config()
     dtype = getattr(torch, point.dtype)
     gen = torch.Generator().manual_seed(point.seed)
     x = torch.randn(point.tokens, point.d_model, generator=gen).to(DEVICE, dtype)
     grad_out = torch.randn(point.tokens, point.d_model, generator=gen).to(DEVICE, dtype)
-    if impl in moe_impls.BASELINES:
+    if impl in moe_impls.DENSE_BASELINES:
         module = moe_impls.BASELINES[impl](cfg, device=DEVICE, dtype=dtype, seed=point.seed)
     else:
         weights = MoEWeights(cfg, device=DEVICE, dtype=dtype, seed=point.seed)
         module = moe_impls.resolve(impl)(weights)  # built-ins, peers, +compile and plug-ins alike
-        ref, _, _ = check_call(moe_impls.get("loop")(weights), x, grad_out, point.mode)
-        out, _, _ = check_call(module, x, grad_out, point.mode)
-        err = float((out.float() - ref.float()).abs().max())
-        assert err <= RTOL[point.dtype] * max(float(ref.abs().max()), 1e-6), f"{impl} is wrong: max error {err:.3g}"
-    return timed_call(module, x, grad_out, point.mode)
+        _, reference = reference_layer(weights, x)
+        ref_out, ref_grad, _ = check_call(reference, x, grad_out, point.mode)
+        out, grad, _ = check_call(module, x, grad_out, point.mode)
+        err, tolerance = error_and_tolerance(out, grad, ref_out, ref_grad, point.dtype)
+        assert err <= tolerance, f"{impl} is wrong: max error {err:.3g} > {tolerance:.3g}"
+    return call_for_timing(module, x, grad_out, point.mode)

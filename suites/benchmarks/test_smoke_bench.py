@@ -2,10 +2,10 @@
 
 import pytest
 
-from suites.benchmarks.points import checked_call, suite_rows, synchronized_timer, watched
+from suites.benchmarks.points import benchmark_call, suite_rows, synchronized_timer, watched
 
 
 @pytest.mark.benchmark(group="smoke", timer=synchronized_timer, min_rounds=10, warmup=True)
 @pytest.mark.parametrize("point,impl", suite_rows("smoke"))
 def test_smoke(benchmark, point, impl):
-    watched(benchmark, *checked_call(point, impl), rounds=20, warmup=2)
+    watched(benchmark, *benchmark_call(point, impl), rounds=20, warmup=2)

@@ -9,15 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from suites.cli import main
-from analysis.collapse import (
-    SETTINGS,
-    CollapseConfig,
-    build_weights,
-    dead_columns,
-    run_collapse,
-    update_selection_bias,
-)
+from analysis.collapse.experiment import run_collapse
+from analysis.collapse.settings import SETTINGS, CollapseConfig
+from analysis.collapse.train import build_weights, dead_columns, update_selection_bias
 
 
 @pytest.fixture(autouse=True)
@@ -93,11 +87,3 @@ def test_bias_setting_applies_the_rule_between_steps(tmp_path):
 def test_unknown_setting_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown collapse settings"):
         run_collapse(TINY, tmp_path, settings=["nope"])
-
-
-def test_cli_runs_and_renders(tmp_path, capsys):
-    assert main(["experiment", "collapse", "--steps", "3", "--out", str(tmp_path), "--settings", "none,bias"]) == 0
-    printed = capsys.readouterr().out
-    assert "none" in printed and "bias" in printed
-    for name in ("collapse.jsonl", "collapse_meta.json", "collapse.md", "collapse_heatmap.png"):
-        assert (tmp_path / name).stat().st_size > 0

@@ -4,10 +4,10 @@ import dataclasses
 
 import pytest
 
-from moe_impls import MoEConfig
 from analysis import accounting as acc
 from analysis.hf_config import from_hf_config
-from analysis.models import PRESETS, ModelConfig, from_name
+from analysis.models import PRESETS, ModelConfig, from_name, load_presets
+from moe_impls import MoEConfig
 
 B, M = 1e9, 1e6
 
@@ -212,3 +212,47 @@ def test_bad_hf_config_is_a_one_line_error(change, message):
 def test_unknown_preset_lists_the_presets():
     with pytest.raises(ValueError, match="unknown model preset 'gpt-5'; expected one of deepseek-v2-lite"):
         from_name("gpt-5")
+
+
+PRESET_TOML = """\
+[toy.config]
+vocab_size = 10
+d_model = 4
+num_layers = 2
+num_heads = 2
+d_ff = 6
+num_experts = 4
+top_k = 2
+
+[toy.published]
+total = 452.0
+active = 380.0
+last_digit = 1.0
+source = "by hand"
+active_counts = "everything but 2 of 4 experts"
+active_excludes = ["embeddings"]
+"""
+
+
+def test_presets_file_reads_into_configs_and_published_figures(tmp_path):
+    path = tmp_path / "presets.toml"
+    path.write_text(PRESET_TOML)
+    toy = load_presets(path)["toy"]
+    assert toy.config == ModelConfig(vocab_size=10, d_model=4, num_layers=2, num_heads=2, d_ff=6, num_experts=4,
+                                     top_k=2, name="toy")  # fmt: skip
+    assert toy.published.active_excludes == ("embeddings",) and toy.published.last_digit == 1.0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (PRESET_TOML.replace("top_k = 2", "top_k = 5"), "preset 'toy': ModelConfig.top_k must be <= num_experts"),
+        (PRESET_TOML.replace("d_ff = 6", "d_ff = 6\nflavour = 1"), "preset 'toy': .*unexpected keyword.*flavour"),
+        (PRESET_TOML.replace("[toy.published]", "[toy.figures]"), "preset 'toy': expected tables config and published"),
+    ],
+)
+def test_a_wrong_preset_is_named(tmp_path, text, message):
+    path = tmp_path / "presets.toml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_presets(path)

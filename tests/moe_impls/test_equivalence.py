@@ -111,3 +111,17 @@ def test_capturable_only_where_forward_never_reads_back_to_the_host():
         assert not moe_impls.get("sort_group")(weights).capturable, extra
     unaligned = MoEWeights(MoEConfig(d_model=15, d_ff=32, num_experts=4, top_k=2))  # falls back to split-by-counts
     assert not moe_impls.get("sort_group")(unaligned).capturable
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_sort_group_where_only_the_second_matmuls_rows_are_aligned(training):
+    """d_model 30, d_ff 40 (GELU, fp32): the second matmul's contraction rows (160 bytes) are aligned but its
+    output rows (120 bytes) are not, which the train step's grouped_mm backward rejects."""
+    cfg = MoEConfig(d_model=30, d_ff=40, num_experts=4, top_k=2, activation="gelu")
+    weights = MoEWeights(cfg, seed=0)
+    x = torch.randn(16, cfg.d_model, generator=torch.Generator().manual_seed(1))
+    y_ref, _, grads_ref = run(moe_impls.REFERENCE, weights, x, training)
+    y, _, grads = run("sort_group", weights, x, training)
+    torch.testing.assert_close(y, y_ref, **TOL[torch.float32])
+    for g, g_ref in zip(grads, grads_ref):
+        torch.testing.assert_close(g, g_ref, **TOL[torch.float32])

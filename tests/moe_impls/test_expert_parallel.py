@@ -1,4 +1,4 @@
-"""Expert parallel over 2 and 4 gloo processes equals single-process sort_group; the EP cost model by hand.
+"""Expert parallel over 2 and 4 gloo processes equals single-process sort_group, and forward is its stages.
 
 Each world size is spawned once (module fixture) and runs every case; the ranks save what they computed and
 the assertions run here, against `sort_group` on the global batch in this process.
@@ -6,35 +6,18 @@ the assertions run here, against `sort_group` on the global batch in this proces
 
 from __future__ import annotations
 
-import math
-import os
-import socket
 import time
-from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import moe_impls
 from moe_impls import MoEConfig, MoEWeights
-from moe_impls.expert_parallel import ExpertParallelMoE, ExpertShard
-from suites.ep_bench import measure_ep_point
-from analysis.ep_costs import (
-    Cluster,
-    ExpertShape,
-    Link,
-    ep_cost,
-    fit_link,
-    min_tokens_per_rank,
-    uniform_traffic_shares,
-    where_ep_stops_paying,
-)
+from moe_impls.expert_parallel import ExpertParallelMoE, ExpertShard, world_size_problem
+from tests.ranks import spawn
 
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.bfloat16: dict(rtol=2e-2, atol=2e-2)}
-SPAWN_DEADLINE_S = 90
 
 
 def _cases(world: int) -> dict[str, tuple[MoEConfig, list[int], torch.dtype]]:
@@ -67,12 +50,16 @@ def _global_input(cfg: MoEConfig, sizes: list[int], dtype: torch.dtype) -> tuple
 
 def _ep_case(rank: int, world: int, cfg: MoEConfig, sizes: list[int], dtype: torch.dtype) -> dict:
     weights = MoEWeights(cfg, dtype=dtype, seed=3)
-    layer = ExpertParallelMoE(weights, profile=True).eval()
+    layer = ExpertParallelMoE(weights).eval()
     x, loss_w = _global_input(cfg, sizes, dtype)
     lo, hi = sum(sizes[:rank]), sum(sizes[: rank + 1])
     x_local = x[lo:hi].clone().requires_grad_()
     y, routing = layer(x_local)
     (y.float() * loss_w[lo:hi]).sum().backward()
+    with torch.no_grad():  # forward is the four stages in order: called one by one they give the same output
+        x_TD, staged_routing = layer.route(x_local)
+        x_MD, sent = layer.dispatch(x_TD, staged_routing)
+        staged_y = layer.combine_exchange(layer.expert_outputs(x_MD, sent), sent)
     router_grad = weights.router.weight.grad.clone()
     dist.all_reduce(router_grad)  # the router is replicated: its full gradient is the sum of the ranks' shares
     expert_grads = {}
@@ -87,8 +74,9 @@ def _ep_case(rank: int, world: int, cfg: MoEConfig, sizes: list[int], dtype: tor
         "expert_grads": expert_grads,
         "assignments": routing.token_idx_N.numel(),
         "computed_rows": routing.computed_rows,
-        "traffic": layer.last_traffic,
-        "split": layer.last_split,
+        "traffic": sent.traffic,
+        "staged_y": staged_y,
+        "dispatched_rows": x_MD.shape[0],
     }
 
 
@@ -101,12 +89,11 @@ def _worker(rank: int, world: int) -> dict:
     layer = ExpertParallelMoE(weights)
     y, _ = layer(x)
     out["capacity_err"] = (y - moe_impls.get("sort_group")(weights)(x)[0]).abs().max().item()
-    out["plain_split"] = layer.last_split
+    out["state_after_forward"] = set(vars(layer)) - set(vars(torch.nn.Module()))
     try:
         ExpertParallelMoE(MoEWeights(MoEConfig(d_model=8, d_ff=8, num_experts=world + 1, top_k=1)))
     except ValueError as e:
         out["indivisible"] = str(e)
-    out["point"] = measure_ep_point(MoEConfig(d_model=16, d_ff=16, num_experts=4, top_k=2), 8, torch.float32, reps=3)
     return out
 
 
@@ -118,52 +105,9 @@ def _failing_worker(rank: int, world: int) -> dict:
     return {}
 
 
-def _entry(rank: int, world: int, port: int, out_dir: str, fn) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
-    )
-    try:
-        torch.save(fn(rank, world), os.path.join(out_dir, f"rank{rank}.pt"))
-    except Exception as e:
-        Path(out_dir, f"rank{rank}.err").write_text(f"{type(e).__name__}: {str(e).splitlines()[0]}")
-        raise
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _spawn(fn, world: int, out_dir: Path) -> list[dict]:
-    """Run fn(rank, world) on `world` gloo ranks and return what each returned.
-
-    If a rank raises, the others fail in their next collective (gloo sees the peer gone) or are killed; the
-    error raised here names every failed rank's exception, the cause first by rank order. A hang is killed.
-    """
-    ctx = mp.start_processes(
-        _entry, args=(world, _free_port(), str(out_dir), fn), nprocs=world, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + SPAWN_DEADLINE_S
-    try:
-        while not ctx.join(timeout=1, grace_period=5):
-            if time.monotonic() > deadline:
-                for p in ctx.processes:
-                    p.kill()
-                pytest.fail(f"expert-parallel ranks still running after {SPAWN_DEADLINE_S} s")
-    except (mp.ProcessRaisedException, mp.ProcessExitedException):
-        errors = {r: out_dir / f"rank{r}.err" for r in range(world)}
-        lines = [f"rank {r}: {path.read_text()}" for r, path in errors.items() if path.exists()]
-        raise RuntimeError("; ".join(lines) or "a rank died without a Python exception") from None
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(world)]
-
-
 @pytest.fixture(scope="module", params=[2, 4], ids=["world2", "world4"])
 def ranks(request, tmp_path_factory) -> list[dict]:
-    return _spawn(_worker, request.param, tmp_path_factory.mktemp(f"ep{request.param}"))
+    return spawn(_worker, request.param, tmp_path_factory.mktemp(f"ep{request.param}"))
 
 
 def _reference(cfg: MoEConfig, sizes: list[int], dtype: torch.dtype) -> dict:
@@ -207,12 +151,17 @@ def test_traffic_accounts_for_every_row(ranks):
         assert traffic.counts_bytes_sent == (world - 1) * (8 // world) * 8
 
 
-def test_profile_split_is_recorded_only_when_asked(ranks):
+def test_stages_called_in_order_are_the_forward(ranks):
+    for case in _cases(len(ranks)):
+        for r in ranks:
+            torch.testing.assert_close(r[case]["staged_y"], r[case]["y"], rtol=0, atol=0)
+            assert r[case]["dispatched_rows"] == r[case]["computed_rows"]
+
+
+def test_layer_keeps_no_state_between_forwards(ranks):
+    """No timing or traffic is left on the layer: the instrument times the stages and reads the dispatch."""
     for r in ranks:
-        split = r["swiglu_softmax"]["split"]
-        assert min(split.routing_s, split.dispatch_s, split.compute_s, split.combine_s) > 0
-        assert split.total_s == pytest.approx(split.routing_s + split.dispatch_s + split.compute_s + split.combine_s)
-        assert r["plain_split"] is None
+        assert r["state_after_forward"] == {"cfg", "group", "rank", "router", "world_size"}
 
 
 def test_capacity_is_applied_per_rank(ranks):
@@ -227,21 +176,10 @@ def test_indivisible_expert_count_is_a_clear_error(ranks):
         )
 
 
-def test_measure_ep_point_gathers_every_rank_on_rank_0(ranks):
-    world = len(ranks)
-    point = ranks[0]["point"]
-    assert [p["rank"] for p in point["per_rank"]] == list(range(world))
-    assert all(r["point"]["per_rank"] is None for r in ranks[1:])
-    assert set(point["median_s"]) == {"routing", "dispatch", "compute", "combine", "total"}
-    assert all(len(v) == 3 for v in point["samples_s"].values())
-    assert sum(sum(p["rows_sent"]) for p in point["per_rank"]) == world * 8 * 2
-    assert point["per_rank"][1]["dispatch_bytes_sent"] == ranks[1]["point"]["dispatch_bytes_sent"]
-
-
 def test_a_failing_rank_raises_its_error_and_nothing_hangs(tmp_path):
     start = time.monotonic()
     with pytest.raises(RuntimeError) as failure:
-        _spawn(_failing_worker, 2, tmp_path)
+        spawn(_failing_worker, 2, tmp_path)
     assert (
         "rank 1: ValueError: ExpertParallelMoE(expert_parallel): expected hidden states [..., 16], got (4, 15)"
         in str(failure.value)
@@ -261,70 +199,6 @@ def test_shard_copies_only_its_experts_and_shares_the_router():
         ExpertShard(full, rank=0, world_size=3)
 
 
-# ----- cost model, by hand -----
-
-# Round numbers: 1 GB/s and 10 us within a node, 0.25 GB/s and 100 us across nodes, 4 ranks per node.
-CLUSTER = Cluster(ranks_per_node=4, intra=Link(1e9, 10e-6), inter=Link(0.25e9, 100e-6))
-# 1000 tokens x 2 rows x 500 elements x 2 bytes = 2e6 bytes per all-to-all; 2*2*500*(2*1000 + 1000) = 6e6 FLOP/token.
-SHAPE = ExpertShape(num_experts=16, top_k=2, d_model=500, d_ff=1000, dtype_bytes=2)
-
-
-def test_uniform_traffic_shares():
-    assert uniform_traffic_shares(1, 4) == (uniform_traffic_shares(1, 4).__class__(1.0, 0.0, 0.0))
-    shares = uniform_traffic_shares(8, 4)
-    assert (shares.local, shares.intra, shares.inter) == (1 / 8, 3 / 8, 4 / 8)
-    shares = uniform_traffic_shares(2, 4)
-    assert (shares.local, shares.intra, shares.inter) == (0.5, 0.5, 0.0)
-    with pytest.raises(ValueError, match=r"world_size \(6\) must be a multiple of ranks_per_node \(4\)"):
-        uniform_traffic_shares(6, 4)
-
-
-def test_ep_cost_within_one_node():
-    # R = 4: 3/4 of 2e6 B = 1.5e6 B over 1 GB/s: 10 us + 1500 us. Compute 1000 * 6e6 / 1e12 = 6 ms.
-    cost = ep_cost(SHAPE, tokens_per_rank=1000, world_size=4, cluster=CLUSTER, flops_per_s=1e12)
-    assert cost.bytes_per_all_to_all == 2e6
-    assert (cost.intra_bytes, cost.inter_bytes) == (1.5e6, 0.0)
-    assert cost.dispatch_s == pytest.approx(1.51e-3) and cost.combine_s == cost.dispatch_s
-    assert cost.compute_s == pytest.approx(6e-3)
-    assert cost.compute_to_comm == pytest.approx(6e-3 / 3.02e-3)
-
-
-def test_ep_cost_across_nodes_is_bound_by_the_slower_link():
-    # R = 8: intra 3/8 * 2e6 = 0.75e6 B -> 760 us; inter 4/8 * 2e6 = 1e6 B at 0.25 GB/s -> 100 us + 4000 us.
-    cost = ep_cost(SHAPE, tokens_per_rank=1000, world_size=8, cluster=CLUSTER, flops_per_s=1e12)
-    assert (cost.intra_bytes, cost.inter_bytes) == (0.75e6, 1e6)
-    assert cost.dispatch_s == pytest.approx(4.1e-3)
-    assert cost.compute_to_comm == pytest.approx(6e-3 / 8.2e-3)
-    assert ep_cost(SHAPE, 1000, 1, CLUSTER, 1e12).compute_to_comm == math.inf
-    with pytest.raises(ValueError, match=r"num_experts \(16\) must be divisible by the world size \(3\)"):
-        ep_cost(SHAPE, 1000, 3, CLUSTER, 1e12)
-
-
-def test_where_ep_stops_paying():
-    # Candidates 2, 4, 8, 16: within the node the ratio is 6/3.02 at R=4, across nodes 6/8.2 < 1 at R=8.
-    assert where_ep_stops_paying(SHAPE, 1000, CLUSTER, 1e12) == 8
-    assert where_ep_stops_paying(SHAPE, 1000, CLUSTER, 1e12, world_sizes=[2, 4]) is None
-
-
-def test_min_tokens_per_rank():
-    # R = 4: c = 6e6/1e12 = 6 us/token, s = 2000 B * 3/4 / 1e9 = 1.5 us/token: T >= 2*10us / (6 - 3) us = 6.67.
-    assert min_tokens_per_rank(SHAPE, 4, CLUSTER, 1e12) == pytest.approx(20 / 3)
-    assert (
-        ep_cost(SHAPE, 7, 4, CLUSTER, 1e12).compute_to_comm >= 1 > ep_cost(SHAPE, 6, 4, CLUSTER, 1e12).compute_to_comm
-    )
-    # R = 8: inter s = 2000 * 1/2 / 0.25e9 = 4 us/token > c/2 = 3 us: never pays, whatever T.
-    assert min_tokens_per_rank(SHAPE, 8, CLUSTER, 1e12) == math.inf
-    assert min_tokens_per_rank(SHAPE, 1, CLUSTER, 1e12) == 0.0
-
-
-def test_fit_link_recovers_alpha_and_beta():
-    fit = fit_link([(0, 5e-6), (1e6, 5e-6 + 1e-3), (2e6, 5e-6 + 2e-3)])
-    assert fit.link.latency_s == pytest.approx(5e-6) and fit.link.bandwidth_Bps == pytest.approx(1e9)
-    assert fit.rmse_s == pytest.approx(0, abs=1e-12) and fit.num_points == 3
-    # Least squares through (0, 1), (1, 2), (2, 4): slope 1.5, intercept 5/6.
-    fit = fit_link([(0, 1.0), (1, 2.0), (2, 4.0)])
-    assert fit.link.bandwidth_Bps == pytest.approx(1 / 1.5) and fit.link.latency_s == pytest.approx(5 / 6)
-    with pytest.raises(ValueError, match="distinct byte counts"):
-        fit_link([(1e6, 1e-3), (1e6, 2e-3)])
-    with pytest.raises(ValueError, match="do not grow"):
-        fit_link([(1e6, 2e-3), (2e6, 1e-3)])
+def test_world_size_problem_names_an_uneven_shard():
+    assert world_size_problem(8, 4) is None and world_size_problem(8, 1) is None
+    assert world_size_problem(8, 3) == "num_experts (8) must be divisible by the world size (3)"

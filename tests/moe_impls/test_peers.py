@@ -90,8 +90,11 @@ def test_batched_mm_footprint_prediction_matches_the_measured_peak(mode):
 
 
 def test_without_transformers_the_peers_are_absent_and_say_why(monkeypatch):
-    monkeypatch.setattr(peers, "_UNAVAILABLE", "transformers is not installed (pip install 'moe-bench[peers]')")
+    why = "transformers is not installed (pip install 'moe-bench[peers]')"
+    monkeypatch.setattr(peers, "_UNAVAILABLE", why)
     monkeypatch.setattr(registry, "_IMPLS", {k: v for k, v in registry._IMPLS.items() if k not in peers.PEERS})
+    monkeypatch.setattr(registry, "_UNAVAILABLE", {})
+    peers.register_peers(why)
     assert set(peers.absent()) == set(PEERS) and not set(PEERS) & set(moe_impls.names())
     with pytest.raises(KeyError, match="transformers is not installed"):
         moe_impls.resolve("hf_eager")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from reports.collapse import render_collapse, summary_table
+from reports.collapse import collapse_table, render_collapse
 
 
 def _write_run(path, steps=10):
@@ -52,9 +52,9 @@ def _write_run(path, steps=10):
     (path / "collapse_meta.json").write_text(json.dumps(meta))
 
 
-def test_summary_by_hand(tmp_path):
+def test_collapse_table_by_hand(tmp_path):
     _write_run(tmp_path)
-    summary = summary_table(tmp_path).set_index("setting")
+    summary = collapse_table(tmp_path).set_index("setting")
     assert list(summary.index) == ["none", "even"]
     assert summary.loc["none", "load_cv"] == pytest.approx(3**0.5)
     assert summary.loc["none", "dead_experts"] == 3

@@ -4,7 +4,7 @@ determinism, and counted FLOPs against the analytic formula of analysis/flops.py
 The FLOP cross-check is exact (tolerance 0): FlopCounterMode counts every matmul 2 per multiply-add, as the
 analytic formula does, so the two differ only by named terms. The analytic `flops` column counts the assignments
 routed; FlopCounterMode counts the rows each implementation really multiplied (`computed_rows`: padded's capacity
-padding, dense_all's E rows per token) plus, for dense_all, the combine einsum, itself a batched matmul.
+padding, dense_all's E rows per token); the shared combine is a scatter-add, which counts no FLOPs.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import moe_impls
-from moe_impls import MoEConfig, MoEWeights
 from analysis import flops
+from moe_impls import MoEConfig, MoEWeights
+from suites.calls import call_for_timing
 from suites.counters import HOST_SYNC_OPS, Counters, count
-from suites.runner import timed_call
 
 IMPLS = ("loop", "padded", "sort_group", "dense_all")
 MODES = ("forward", "train")
@@ -51,7 +51,7 @@ def inputs(cfg: MoEConfig, tokens: int, device="cpu", dtype=torch.float32) -> tu
 
 def warm_call(layer, x: torch.Tensor, grad_out: torch.Tensor, mode: str):
     """The runner's timed call and its setup, called once so that first-call effects are not counted."""
-    call, setup = timed_call(layer, x, grad_out, mode)
+    call, setup = call_for_timing(layer, x, grad_out, mode)
     setup()
     call()
     return call, setup
@@ -260,9 +260,6 @@ def analytic_matmul_flops(name: str, layer, cfg: MoEConfig, x: torch.Tensor, mod
         _, routing = layer(x)
     routed = flops.moe_flops(cfg, tokens, routing.token_idx_N.numel(), mode)
     computed = flops.moe_flops(cfg, tokens, routing.computed_rows, mode)
-    if name == "dense_all":  # einsum("etd,te->td") of the combine is a bmm: 2 T E D per forward
-        factor = flops.TRAIN_FACTOR if mode == "train" else 1
-        computed += 2 * tokens * cfg.num_experts * cfg.d_model * factor
     return routed, computed
 
 

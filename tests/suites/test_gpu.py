@@ -9,7 +9,7 @@ import torch
 from suites import spec
 from suites.nvml import NVML
 from suites.runner import Runner
-from suites.timing import TimingSettings, time_cuda
+from suites.timing import TimingSettings, time_fn
 
 pytestmark = pytest.mark.gpu
 
@@ -17,8 +17,8 @@ pytestmark = pytest.mark.gpu
 def test_cuda_event_timer_measures_a_known_kernel():
     a = torch.randn(4096, 4096, device="cuda")
     settings = TimingSettings(budget_ms=200, min_time_ms=20, warmup_ms=5)
-    eager = time_cuda(lambda: a @ a, settings)
-    graphed = time_cuda(lambda: a @ a, TimingSettings(**{**settings.__dict__, "cuda_graph": True}))
+    eager = time_fn(lambda: a @ a, a.device, settings)
+    graphed = time_fn(lambda: a @ a, a.device, TimingSettings(**{**settings.__dict__, "cuda_graph": True}))
     assert eager.timer == "cuda_event" and graphed.timer == "cuda_graph" and graphed.note is None
     assert 0.01 < eager.stats.median < 100 and 0.01 < graphed.stats.median < 100
 

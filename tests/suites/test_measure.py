@@ -9,8 +9,8 @@ import torch
 
 from suites.memory import measure_cpu
 from suites.nvml import NVML
-from suites.stats import Stats, percentile
-from suites.timing import Timed, TimingSettings, time_cpu, time_rows
+from suites.stats import Stats
+from suites.timing import RowCalls, TimingSettings, time_fn, time_rows
 
 
 def test_stats_by_hand():
@@ -19,12 +19,12 @@ def test_stats_by_hand():
     assert (s.n, s.median, s.mean, s.min, s.iqr) == (5, 3.0, 22.0, 1.0, 2.0)
     assert s.p10 == pytest.approx(1.4) and s.p90 == pytest.approx(61.6) and s.p99 == pytest.approx(96.16)
     assert s.rel_iqr == pytest.approx(2 / 3)
-    assert percentile([5.0], 90) == 5.0
+    assert Stats.of([5.0]).p90 == 5.0
 
 
 def test_cpu_timer_measures_a_sleep_of_known_length():
     settings = TimingSettings(budget_ms=200, min_time_ms=30, warmup_ms=1, min_reps=5, rel_iqr_target=0.5)
-    timing = time_cpu(lambda: time.sleep(0.004), settings)
+    timing = time_fn(lambda: time.sleep(0.004), torch.device("cpu"), settings)
     stats = timing.stats
     assert stats.n == len(timing.samples_ms) >= 5
     assert stats.min >= 4.0 and 4.0 <= stats.median < 30.0  # a sleep never ends early; a loaded machine adds a little
@@ -33,7 +33,7 @@ def test_cpu_timer_measures_a_sleep_of_known_length():
 def test_cpu_timer_stops_on_budget_and_keeps_reset_out_of_the_samples():
     settings = TimingSettings(budget_ms=60, min_time_ms=1000, warmup_ms=0, min_reps=2, rel_iqr_target=0.0)
     start = time.perf_counter()
-    timing = time_cpu(lambda: time.sleep(0.001), settings, reset=lambda: time.sleep(0.01))
+    timing = time_fn(lambda: time.sleep(0.001), torch.device("cpu"), settings, reset=lambda: time.sleep(0.01))
     assert time.perf_counter() - start < 1.0  # the budget, not min_time or a zero IQR target, ended it
     assert max(timing.samples_ms) < 9.0, "the reset's 10 ms sleep leaked into a sample"
 
@@ -97,7 +97,7 @@ def test_rows_of_a_point_are_timed_round_robin_and_a_failing_row_stops_alone():
             order.append(name)
             time.sleep(seconds)
 
-        return Timed([call])
+        return RowCalls([call])
 
     def broken():
         order.append("broken")
@@ -107,7 +107,7 @@ def test_rows_of_a_point_are_timed_round_robin_and_a_failing_row_stops_alone():
     # block_ms this small: a block is one untimed re-entry call and one timed call
     settings = TimingSettings(budget_ms=100, min_time_ms=20, warmup_ms=0, min_reps=6, rel_iqr_target=0.5, block_ms=1e-6)
     timings = time_rows(
-        {"fast": row("fast", 0.002), "slow": row("slow", 0.004), "broken": Timed([broken])},
+        {"fast": row("fast", 0.002), "slow": row("slow", 0.004), "broken": RowCalls([broken])},
         torch.device("cpu"),
         settings,
     )
@@ -127,12 +127,12 @@ def test_blocks_fill_block_ms_and_cold_rows_of_a_pool_rotate_over_its_copies():
     used = []
     calls = [lambda i=i: used.append(i) for i in range(4)]
     settings = TimingSettings(budget_ms=50, min_time_ms=5, warmup_ms=1, min_reps=40, max_reps=40, block_ms=1.0)
-    timings = time_rows({"a": Timed(calls, pool="p"), "b": Timed(calls, pool="p")}, torch.device("cpu"), settings)
+    timings = time_rows({"a": RowCalls(calls, pool="p"), "b": RowCalls(calls, pool="p")}, torch.device("cpu"), settings)
     assert len(timings["a"].samples_ms) >= 40 and len(timings["b"].samples_ms) >= 40
     assert all(used[i + 1] == (used[i] + 1) % 4 for i in range(len(used) - 1)), "one rotation over both rows"
     warm = TimingSettings(**{**settings.__dict__, "cache": "warm"})
     used.clear()
-    time_rows({"a": Timed(calls, pool="p")}, torch.device("cpu"), warm)
+    time_rows({"a": RowCalls(calls, pool="p")}, torch.device("cpu"), warm)
     assert set(used) == {0}, "warm: every call on the first copy"
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from suites import point_runner, spec
+from suites import checks, spec
 from suites.cli import main
 from suites.runner import Runner
 from tests.moe_impls.test_plugins import PLUGIN, install_entry_points
@@ -39,7 +39,7 @@ def test_peers_and_plugins_both_ways_are_checked_and_timed(tiny_suite, tmp_path,
 
 
 def test_batched_mm_that_cannot_fit_is_skipped_with_its_reason_and_the_sweep_goes_on(tiny_suite, tmp_path, monkeypatch):
-    monkeypatch.setattr(point_runner, "available_bytes", lambda device: 50_000)
+    monkeypatch.setattr(checks, "available_bytes", lambda device: 50_000)
     suite = spec.load(str(tiny_suite))
     impls = ["hf_batched_mm", "hf_grouped_mm"]
     summary = Runner(suite, torch.device("cpu"), tmp_path, impls, [], progress=False, isolate=False).run()
@@ -85,8 +85,11 @@ def test_unknown_impl_and_absent_peers_are_one_line_errors(tiny_suite, tmp_path,
     assert "--impl: unknown implementation 'nope'" in capsys.readouterr().err
     from moe_impls import peers, registry
 
-    monkeypatch.setattr(peers, "_UNAVAILABLE", "transformers is not installed (pip install 'moe-bench[peers]')")
+    why = "transformers is not installed (pip install 'moe-bench[peers]')"
+    monkeypatch.setattr(peers, "_UNAVAILABLE", why)
     monkeypatch.setattr(registry, "_IMPLS", {k: v for k, v in registry._IMPLS.items() if k not in peers.PEERS})
+    monkeypatch.setattr(registry, "_UNAVAILABLE", {})
+    peers.register_peers(why)
     assert main(["run", str(tiny_suite), "--out", str(tmp_path), "--only", "hf_eager", *ARGS]) == 2
     assert "'hf_eager': transformers is not installed" in capsys.readouterr().err
     assert main(["list"]) == 0

@@ -12,6 +12,8 @@ import torch
 import moe_impls
 from suites import spec
 from suites.cli import main
+from suites.environment import run_meta
+from suites.reference import error_and_tolerance, tolerance_for
 from suites.runner import Runner
 from suites.schema import RESULT_COLUMNS, SCHEMA_VERSION
 
@@ -134,3 +136,53 @@ def test_list_names_suites_and_impls(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in ["smoke", "cpu", "gpu", "decode", "skew", *moe_impls.names()])
+
+
+def test_one_tolerance_rule_with_the_input_gradient_scaled_to_the_output():
+    out, ref = torch.tensor([1.0, -2.0]), torch.tensor([1.0, -2.5])  # output error 0.5; the reference's scale 2.5
+    grad, ref_grad = torch.tensor([0.0, 10.0]), torch.tensor([0.0, 8.0])  # gradient error 2 of 8: 0.25 x 2.5
+    err, tolerance = error_and_tolerance(out, grad, ref, ref_grad, "float32")
+    assert err == pytest.approx(0.625) and tolerance == pytest.approx(2.5e-4) == tolerance_for("float32", 2.5)
+    assert error_and_tolerance(out, None, ref, None, "bfloat16") == pytest.approx((0.5, 0.075))
+    assert tolerance_for("float16", 0.0) > 0, "an all-zero reference still allows rounding noise"
+
+
+class _WrongGradient(torch.nn.Module):
+    """sort_group's output, with the input gradient doubled: right in forward, wrong in train."""
+
+    def __init__(self, weights) -> None:
+        super().__init__()
+        self.layer = moe_impls.get("sort_group")(weights)
+
+    def forward(self, x):
+        out, _ = self.layer(x)
+        return out + (x - x.detach())
+
+
+def wrong_gradient(cfg, weights) -> torch.nn.Module:
+    return _WrongGradient(weights)
+
+
+def test_benchmark_views_check_against_the_runners_reference_and_tolerance(tiny_suite):
+    from suites.benchmarks.points import benchmark_call
+
+    for point in spec.load(str(tiny_suite)).points:
+        call, reset = benchmark_call(point, "sort_group")
+        call()
+        reset()
+        with pytest.raises(AssertionError, match="tests.plugin_example:broken_values is wrong: max error"):
+            benchmark_call(point, "tests.plugin_example:broken_values")
+        if point.mode == "forward":
+            benchmark_call(point, f"{__name__}:wrong_gradient")
+        else:  # the input gradient is checked too, as the runner checks it
+            with pytest.raises(AssertionError, match="wrong_gradient is wrong"):
+                benchmark_call(point, f"{__name__}:wrong_gradient")
+
+
+def test_the_runner_and_the_expert_parallel_launcher_start_run_json_alike(tiny_suite):
+    suite = spec.load(str(tiny_suite))
+    meta = run_meta(suite, torch.device("cpu"), ["loop"], [], None, peaks={})
+    assert meta["impls"] == ["loop"] and meta["baselines"] == [] and meta["timing"]["budget_ms"] == 20
+    assert meta["suite_hash"] == suite.file_hash and meta["device"] == "cpu" and meta["device_name"]
+    assert meta["finished"] is None and meta["peaks"] == {} and list(meta)[-1] == "peaks"
+    assert run_meta(suite, torch.device("cpu"))["impls"] == list(suite.impls)

@@ -1,14 +1,19 @@
-"""Load-balance statistics of one routing record, as plain numbers for a result row."""
+"""Load-balance statistics of one layer's routing, as plain numbers for a result row.
+
+Pure math over the record a layer returns; the instrument adds them to every checked row and the collapse
+experiment to every training step, so the two report balance with the same columns.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from moe_impls import RoutingRecord
+from moe_impls import LayerRecord
 from moe_impls.losses import cv_squared
 
 
-def balance_columns(routing: RoutingRecord) -> dict:
+def balance_columns(routing: LayerRecord) -> dict:
+    """Tokens per expert, load CV and max/mean, dropped and padded fractions, importance CV^2, routing entropy."""
     load_E = routing.tokens_per_expert_E.float()
     assigned = int(load_E.sum())
     dropped = int(routing.num_dropped)
@@ -33,5 +38,6 @@ def balance_columns(routing: RoutingRecord) -> dict:
     }
 
 
-def experts_touched(routing: RoutingRecord) -> int:
+def experts_touched(routing: LayerRecord) -> int:
+    """Experts that received at least one assignment: the ones whose weights the forward reads."""
     return int(torch.count_nonzero(routing.tokens_per_expert_E))

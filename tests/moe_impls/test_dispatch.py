@@ -1,0 +1,76 @@
+"""moe_impls/dispatch.py: the dispatch metadata and the one combine every built-in implementation goes through."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import moe_impls
+from moe_impls import LayerRecord, MoEConfig, MoEWeights, RoutingRecord
+from moe_impls.dispatch import Dispatch, combine, sort_by_expert
+
+CFG = MoEConfig(d_model=16, d_ff=32, num_experts=8, top_k=2)
+BUILTINS = ("loop", "sort_group", "padded", "dense_all")
+
+
+def routed(cfg: MoEConfig = CFG, tokens: int = 40) -> tuple[torch.Tensor, RoutingRecord]:
+    weights = MoEWeights(cfg, seed=0)
+    x_TD = torch.randn(tokens, cfg.d_model, generator=torch.Generator().manual_seed(1))
+    return x_TD, moe_impls.Router(cfg)(weights, x_TD, training=False)
+
+
+def test_sort_by_expert_is_torch_sort_stable_and_keeps_each_rows_weight():
+    x_TD, routing = routed()
+    dispatch = sort_by_expert(x_TD, routing)
+    order_N = torch.sort(routing.expert_idx_N, stable=True).indices
+    assert torch.equal(dispatch.token_idx_N, routing.token_idx_N[order_N])
+    assert torch.equal(dispatch.weight_N, routing.weight_N[order_N])
+    assert torch.equal(dispatch.offsets_E(), torch.cumsum(routing.tokens_per_expert_E, 0).int())
+    assert dispatch.num_tokens == 40 and dispatch.computed_rows == 80
+
+
+def test_combine_is_the_weighted_scatter_add_in_fp32():
+    token_idx_N = torch.tensor([2, 0, 2, 1, 0])
+    weight_N = torch.tensor([0.5, 0.25, 0.5, 1.0, 0.75])
+    out_ND = torch.arange(10, dtype=torch.bfloat16).view(5, 2)
+    y_TD = combine(out_ND, Dispatch(num_tokens=4, token_idx_N=token_idx_N, weight_N=weight_N, computed_rows=5))
+    expected = torch.zeros(4, 2).scatter_add_(0, token_idx_N[:, None].expand(5, 2), out_ND.float() * weight_N[:, None])
+    assert y_TD.dtype == torch.float32 and torch.equal(y_TD, expected)
+    assert torch.equal(y_TD[3], torch.zeros(2))  # a token no row went back to
+
+
+def test_dispatch_metadata_is_frozen():
+    x_TD, routing = routed()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sort_by_expert(x_TD, routing).computed_rows = 0
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        routing.weight_N = routing.weight_N * 2
+
+
+@pytest.mark.parametrize("name", BUILTINS)
+def test_every_builtin_goes_through_the_one_combine_once(name, monkeypatch):
+    calls = []
+
+    def counted(out_ND, dispatch):
+        calls.append(dispatch)
+        return combine(out_ND, dispatch)
+
+    monkeypatch.setattr(moe_impls.layer, "combine", counted)
+    x_TD, _ = routed()
+    moe_impls.get(name)(MoEWeights(CFG, seed=0))(x_TD)
+    assert len(calls) == 1 and isinstance(calls[0], Dispatch)
+
+
+@pytest.mark.parametrize(
+    ("name", "rows"),
+    [("loop", lambda r: 80), ("sort_group", lambda r: 80), ("dense_all", lambda r: 8 * 40)]
+    + [("padded", lambda r: 8 * int(r.tokens_per_expert_E.max()))],
+)
+def test_computed_rows_come_back_with_the_output_and_the_routers_record_has_none(name, rows):
+    x_TD, routing = routed()
+    assert not hasattr(routing, "computed_rows")  # the router's own record says nothing of the experts' work
+    _, record = moe_impls.get(name)(MoEWeights(CFG, seed=0))(x_TD)
+    assert isinstance(record, LayerRecord) and record.computed_rows == rows(record)
+    assert torch.equal(record.expert_idx_N, routing.expert_idx_N)  # the rest is the router's record, unchanged
