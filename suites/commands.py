@@ -104,8 +104,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.plan:
             return _print_plan(dataclasses.replace(suite, impls=tuple(impls), baselines=tuple(baselines)), args, device)
         out = _out_dir(args, suite)
-    except (ValueError, KeyError, ResultsError) as exc:
-        return _error(str(exc).strip("'\""))
+    except KeyError as exc:  # an unknown --plan-device: its message is the one argument
+        return _error(str(exc.args[0]))
+    except (ValueError, ResultsError) as exc:
+        return _error(str(exc))
     resume = _resume_command(args, suite, out)
     try:
         return _run(args, _Plan(suite, device, out, impls, baselines))
