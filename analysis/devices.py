@@ -17,7 +17,7 @@ class DeviceProfile:
     tflops: dict[str, float] = field(repr=False)  # dtype name -> dense matmul TFLOP/s
     bandwidth_gbs: float  # memory bandwidth, GB/s
     launch_us: float  # host cost of one kernel launch (GPU) or one eager op (CPU): the floor of a small call
-    weights_init_gbs: float  # how fast the runner draws a point's weights (on the host, in fp32), GB/s
+    weights_init_gbs: float  # how fast the runner draws weights in place on the device, GB/s of weights
     source: str
 
     def call_ms(self, flops: int, bytes_moved: int, dtype: str, launches: int) -> float:
@@ -27,10 +27,14 @@ class DeviceProfile:
         return max(compute, memory, launches * self.launch_us * 1e-6) * 1e3
 
 
+# An estimate, not a datasheet figure: torch's Philox normal_ fills a tensor on the device at a fraction of
+# the memory bandwidth (compute-bound on the generator); taken low so a plan does not promise too little.
+GPU_INIT_GBS = 100.0
+
+
 def _gpu(name: str, gb: float, bf16: float, fp32: float, gbs: float, source: str) -> DeviceProfile:
-    return DeviceProfile(
-        name, int(gb * 1e9), {"bfloat16": bf16, "float16": bf16, "float32": fp32}, gbs, 5.0, 0.5, source
-    )
+    tflops = {"bfloat16": bf16, "float16": bf16, "float32": fp32}
+    return DeviceProfile(name, int(gb * 1e9), tflops, gbs, 5.0, GPU_INIT_GBS, f"{source}; weight draws estimated")
 
 
 PROFILES = {

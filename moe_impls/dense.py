@@ -32,10 +32,17 @@ class DenseFFN(nn.Module):
         super().__init__()
         self.d_model, self.d_ff, self.activation = d_model, d_ff, activation
         width = 2 * d_ff if activation == "swiglu" else d_ff
-        gen = torch.Generator().manual_seed(seed)
-        w_in = nn.Parameter((torch.randn(width, d_model, generator=gen) / d_model**0.5).to(device, dtype))
+        w_in = nn.Parameter(torch.empty(width, d_model, device=device, dtype=dtype))
         setattr(self, "gate_up_proj" if activation == "swiglu" else "up_proj", w_in)
-        self.down_proj = nn.Parameter((torch.randn(d_model, d_ff, generator=gen) / d_ff**0.5).to(device, dtype))
+        self.down_proj = nn.Parameter(torch.empty(d_model, d_ff, device=device, dtype=dtype))
+        self.reset_parameters(seed)
+
+    @torch.no_grad()
+    def reset_parameters(self, seed: int) -> None:
+        """Seeded normal init, std 1/sqrt(fan_in), drawn in place on the device (as MoEWeights draws)."""
+        gen = torch.Generator(device=self.down_proj.device).manual_seed(seed)
+        for p in (self.w_in_HD, self.down_proj):
+            p.normal_(0.0, p.shape[-1] ** -0.5, generator=gen)
 
     @property
     def w_in_HD(self) -> torch.Tensor:

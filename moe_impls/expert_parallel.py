@@ -23,6 +23,7 @@ training noise from a generator seeded `noise_seed + rank`, so ranks draw indepe
 
 The uneven splits must be known on the host, so the counts exchange is followed by one device-to-host copy of
 the counts (a synchronisation on CUDA); every expert-parallel MoE pays it unless it pads to a fixed capacity.
+It is the dispatch's only one: every size after it (the receive buffer, the regroup) is taken from those counts.
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ class ExpertParallelMoE(SortGroupMoE):
             dist.all_to_all_single(recv_counts_RL, tokens_per_expert_E.contiguous(), group=self.group)
             recv_counts_RL = recv_counts_RL.view(R, L)
             send_R, recv_R = torch.stack([tokens_per_expert_E.view(R, L).sum(1), recv_counts_RL.sum(1)]).tolist()
-            regroup_M = self._regroup(recv_counts_RL)
+            regroup_M = self._regroup(recv_counts_RL, sum(recv_R))
         x_MD = _AllToAll.apply(x_TD[token_idx_N], send_R, recv_R, self.group)
         if regroup_M is not None:
             x_MD = x_MD[regroup_M]
@@ -226,14 +227,15 @@ class ExpertParallelMoE(SortGroupMoE):
         return combine(out_ND, sent).to(self.weights.dtype)
 
     @staticmethod
-    def _regroup(recv_counts_RL: torch.Tensor) -> torch.Tensor | None:
+    def _regroup(recv_counts_RL: torch.Tensor, rows_received: int) -> torch.Tensor | None:
         """Received rows come source-major, (rank, local expert); the grouped matmul wants expert-major.
 
         Returns the permutation to expert-major, or None when there is one local expert (already in order).
+        `rows_received` (M, read on the host with the splits) sizes the expansion, so it reads nothing back.
         """
         R, L = recv_counts_RL.shape
         if L == 1:
             return None
         local_expert_RL = torch.arange(L, device=recv_counts_RL.device).repeat(R)
-        local_expert_M = torch.repeat_interleave(local_expert_RL, recv_counts_RL.reshape(-1))
+        local_expert_M = torch.repeat_interleave(local_expert_RL, recv_counts_RL.reshape(-1), output_size=rows_received)
         return torch.sort(local_expert_M, stable=True).indices

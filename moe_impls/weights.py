@@ -82,10 +82,12 @@ class MoEWeights(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, seed: int) -> None:
-        """Seeded normal init, std 1/sqrt(fan_in), drawn on the CPU so every device gets the same weights."""
-        gen = torch.Generator().manual_seed(seed)
+        """Seeded normal init, std 1/sqrt(fan_in), drawn in place by the weights' own device: no host draw, no
+        fp32 staging copy and no transfer, so a GPU fills a large layer itself instead of one CPU core drawing
+        it. A seed gives the same weights on every device of one type; CPU and CUDA generators differ."""
+        gen = torch.Generator(device=self.device).manual_seed(seed)
         for p in self.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen) / p.shape[-1] ** 0.5)
+            p.normal_(0.0, p.shape[-1] ** -0.5, generator=gen)
 
     def expert_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.experts.parameters())

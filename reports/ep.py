@@ -50,6 +50,7 @@ def ep_blocks(results_dir: str | Path, out_dir: str | Path) -> list[Block]:
             "grows with the ranks). Times are the slowest rank's medians, since collectives wait for it; the "
             "latency is per forward, a barrier before each."
         ),
+        _timing_para(rows),
     ]
     failed = [r for r in rows if r.get("status") != "ok"]
     if failed:
@@ -60,6 +61,20 @@ def ep_blocks(results_dir: str | Path, out_dir: str | Path) -> list[Block]:
         blocks.append(_bytes_plot(groups, out_dir))
     blocks += _model_blocks(ep_model(results_dir), out_dir)
     return blocks
+
+
+def _timing_para(rows: list[dict]) -> Para:
+    """How the rows were timed: alike at every world size, but not as the world-size-1 rows of other
+    implementations, which the main tables put beside the 1-rank expert_parallel rows."""
+    protocols = sorted({(r.get("timer") or "timer unrecorded", r.get("timer_note")) for r in rows}, key=str)
+    said = " Also ".join(
+        f"{timer}: {note}." if note else f"{timer} (no timer_note recorded)." for timer, note in protocols
+    )
+    return Para(
+        "Timing: every world size is timed alike, so the scaling compares like with like. The single-process rows "
+        "beside the 1-rank rows in the main tables follow the protocol of suites/timing.py instead; how these "
+        f"rows differ, as their timer and timer_note record it: {said}"
+    )
 
 
 def _three_places(x: float) -> str:

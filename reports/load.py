@@ -52,7 +52,7 @@ TEXT_COLUMNS = (
     "timer_note",
     "reference",
 )
-FLAG_COLUMNS = ("normalize_topk", "disturbed")  # true, false or null
+FLAG_COLUMNS = ("normalize_topk", "disturbed", "l2_flushed")  # true, false or null
 STRUCTURED_COLUMNS = ("disturbance", "earlier_samples_ms", "gpu_throttle", "signals_missing")  # lists, dicts
 # Absent from older results files: the point's name and routing renormalisation (identity), and whether the
 # machine was disturbed while the row was timed, why, and the cache state of the timed calls.

@@ -13,17 +13,15 @@ from torch import nn
 import moe_impls
 from analysis import flops
 from analysis.balance import balance_columns, experts_touched
-from moe_impls import LayerRecord, MoEWeights, RoutingRecord
+from analysis.footprint import Call
+from moe_impls import DenseFFN, LayerRecord, MoEWeights, RoutingRecord
 from suites.calls import call_for_timing, check_call
 from suites.counters import count
 from suites.failures import ROW_FAILURES, one_line
-from suites.memory import MemoryMeasurement, available_bytes, measure_memory
+from suites.memory import MemoryMeasurement, measure_memory
 from suites.reference import error_and_tolerance
 from suites.suite_model import Point
 from suites.timing import RowCalls
-
-# a row whose predicted footprint exceeds this share of the free memory is skipped, never attempted
-MEMORY_HEADROOM = 0.8
 
 
 @dataclass(frozen=True)
@@ -35,6 +33,7 @@ class PointInputs:
     weights: MoEWeights
     x: torch.Tensor
     grad_out: torch.Tensor
+    call: Call  # what the footprint models need, with the reference routing's largest expert load
 
     @property
     def mode(self) -> str:
@@ -69,17 +68,21 @@ class CheckedRow:
     earlier: list[list[float]] = field(default_factory=list)
 
 
-def check_moe(name: str, inputs: PointInputs, ref: Reference, device: torch.device) -> dict | CheckedRow:
-    """A finished row (skipped, wrong) as a dict or, once the output matched the reference, a CheckedRow."""
+def check_moe(
+    name: str, inputs: PointInputs, ref: Reference, skip: str | None, predicted: int | None
+) -> dict | CheckedRow:
+    """A finished row (skipped, wrong) as a dict or, once the output matched the reference, a CheckedRow.
+    `skip` and `predicted` are the point's fit decision for the row (suites/fit.py)."""
     point, weights, x = inputs.point, inputs.weights, inputs.x
-    impl = moe_impls.resolve(name)  # built-ins, peers, <impl>+compile and plug-ins alike
-    predicted = impl.predicted_bytes(weights.cfg, point.tokens, x.dtype, point.mode)
-    skip = skip_reason(impl, weights.cfg, predicted, device)
     if skip:
         return {"status": "skipped", "error": skip, "predicted_mem_bytes": predicted}
+    impl = moe_impls.resolve(name)  # built-ins, peers, <impl>+compile and plug-ins alike
+    device = x.device
     layer = impl(weights)
     compile_s = _compile(layer, inputs, device) if impl.compiled else None
-    (out, grad, routing), memory = measure_memory(lambda: check_call(layer, x, inputs.grad_out, point.mode), device)
+    (out, grad, routing), memory = measure_memory(
+        lambda: check_call(layer, x, inputs.grad_out, point.mode), device, layer
+    )
     extra = {"compile_s": compile_s, "predicted_mem_bytes": predicted}
     if not isinstance(out, torch.Tensor) or out.shape != ref.out.shape:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -109,28 +112,13 @@ def _compile(layer: nn.Module, inputs: PointInputs, device: torch.device) -> flo
     return time.perf_counter() - start
 
 
-def skip_reason(impl: moe_impls.Impl, cfg: moe_impls.MoEConfig, predicted: int | None, device: torch.device):
-    """Why the row is not attempted: the implementation cannot express `cfg`, or it cannot fit in memory."""
-    why = impl.unsupported(cfg)
-    if why or predicted is None:
-        return why
-    free = available_bytes(device)
-    if free is not None and predicted > MEMORY_HEADROOM * free:
-        return (
-            f"predicted {predicted / 1e9:.3g} GB per call > {MEMORY_HEADROOM:.0%} of the "
-            f"{free / 1e9:.3g} GB available on {device.type}"
-        )
-    return None
-
-
-def check_dense(name: str, inputs: PointInputs, device: torch.device, seed: int) -> CheckedRow:
-    """A dense baseline of the point's shape, built from `seed` and called once (its memory measured)."""
+def check_dense(name: str, dense: DenseFFN, inputs: PointInputs, device: torch.device) -> CheckedRow:
+    """A dense baseline of the point's shape called once (its memory measured)."""
     point, x = inputs.point, inputs.x
     cfg = point.moe_config()
-    dense = moe_impls.BASELINES[name](cfg, device=device, dtype=x.dtype, seed=seed)
     weight_bytes = sum(p.numel() * p.element_size() for p in dense.parameters())
     row_flops = flops.dense_flops(cfg.d_model, dense.d_ff, cfg.activation, point.tokens, point.mode)
-    _, memory = measure_memory(lambda: check_call(dense, x, inputs.grad_out, point.mode), device)
+    _, memory = measure_memory(lambda: check_call(dense, x, inputs.grad_out, point.mode), device, dense)
     graph_ok = point.mode == "forward" and bool(getattr(dense, "capturable", False))
     return CheckedRow(name, {}, [dense], row_flops, weight_bytes, weight_bytes, memory, pool=name, graph_ok=graph_ok)
 

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("suites.commands", "reports.cli", "analysis.calc", "suites.experiment_commands")
+COMMAND_MODULES = ("suites.commands", "suites.gpu_smoke", "reports.cli", "analysis.calc", "suites.experiment_commands")
 
 
 def build_parser() -> argparse.ArgumentParser:

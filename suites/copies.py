@@ -14,7 +14,8 @@ from moe_impls import MoEWeights
 from suites.cache import plan_copies
 from suites.calls import call_for_timing
 from suites.checks import CheckedRow, PointInputs
-from suites.timing import RowCalls, TimingSettings
+from suites.timing import RowCalls
+from suites.timing_settings import TimingSettings
 
 
 @dataclass(frozen=True)

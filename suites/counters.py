@@ -1,4 +1,4 @@
-"""Deterministic counters of one call: matmul FLOPs, ATen ops, host synchronisations and bytes allocated.
+"""Deterministic counters of one call: matmul FLOPs, ATen ops, grouped GEMMs, host syncs and bytes allocated.
 
 Timings are noisy and depend on the machine; these counts depend only on the code and the input, so a CI job
 without a GPU can gate on them exactly (reports/counters_gate.py). `count(call)` runs the call once, outside
@@ -7,7 +7,7 @@ every timed call, under three of torch's own interposition points:
     FlopCounterMode (torch.utils.flop_counter)   counted_flops: matmuls only (mm, addmm, bmm, baddbmm, conv,
                                                  attention, plus aten._grouped_mm registered here), 2 per
                                                  multiply-add; elementwise work, softmax and scatters are 0
-    a TorchDispatchMode (innermost)              aten_ops, the ATen-side host_syncs, alloc_bytes
+    a TorchDispatchMode (innermost)              aten_ops, grouped_mm_calls, the ATen-side host_syncs, alloc_bytes
     a TorchFunctionMode                          the Python-side host_syncs: item(), tolist(), bool(), ...
 
 Host synchronisations are counted where the program asks the host to read a device value, not where a driver
@@ -16,6 +16,10 @@ HOST_SYNC_OPS). The only device-dependent term is a copy between host and device
 CPU build `.to(x.device)` moves nothing. On CUDA, `torch.cuda.set_sync_debug_mode("warn")` warns once per
 synchronising call; tests/suites/test_counters.py (marked gpu) checks that the count equals those warnings for
 every built-in implementation, forward and train.
+
+grouped_mm_calls says which path a layer took: where torch's grouped_mm kernel refuses the dtype or alignment,
+sort_group falls back to a per-segment loop with the same result, silently, and counts 0. Taken, it counts 2 in
+forward and 6 in a train step (the backward of each grouped_mm is two more: the input's and the weight's gradient).
 
 Why a function mode as well as a dispatch mode: `Tensor.tolist()` and `Tensor.numpy()` on a CPU tensor read
 memory directly and dispatch no ATen op at all, so only the Python-level call shows them. On CUDA the same calls
@@ -130,6 +134,7 @@ class Counters:
     aten_ops: int  # ATen operator calls dispatched (views and in-place ops included, forward and backward)
     host_syncs: int  # times the host waited for a device value (HOST_READ_METHODS, HOST_SYNC_OPS, copies)
     alloc_bytes: int  # bytes of the new storages the call's ops returned (logical, before allocator rounding)
+    grouped_mm_calls: int  # aten._grouped_mm ops run, forward and backward: did the call take torch's grouped GEMM
     syncs_by_op: tuple[tuple[str, int], ...] = ()  # where host_syncs came from, for diagnosis; not a column
 
     def columns(self) -> dict[str, int]:
@@ -139,6 +144,7 @@ class Counters:
             "aten_ops": self.aten_ops,
             "host_syncs": self.host_syncs,
             "alloc_bytes": self.alloc_bytes,
+            "grouped_mm_calls": self.grouped_mm_calls,
         }
 
 
@@ -163,6 +169,7 @@ def count(call: Callable[[], object], setup: Callable[[], None] | None = None) -
         aten_ops=ops.ops,
         host_syncs=sum(ops.syncs.values()),
         alloc_bytes=ops.alloc_bytes,
+        grouped_mm_calls=ops.grouped_mm,
         syncs_by_op=tuple(sorted(ops.syncs.items())),
     )
 
@@ -195,11 +202,13 @@ class _GlobalTotalOnly:
 
 
 class _OpCounter(TorchDispatchMode):
-    """Counts every ATen op, the ones that synchronise, and the bytes of the new storages they return."""
+    """Counts every ATen op, the grouped GEMMs among them, the ones that synchronise, and the bytes of the new
+    storages they return."""
 
     def __init__(self) -> None:
         super().__init__()
         self.ops = 0
+        self.grouped_mm = 0
         self.alloc_bytes = 0
         self.syncs: Counter[str] = Counter()
         self.reading = 0  # > 0 inside a HOST_READ_METHODS call, already counted once by _HostReadCounter
@@ -208,6 +217,7 @@ class _OpCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         self.ops += 1
+        self.grouped_mm += func._overloadpacket is aten._grouped_mm
         rule = HOST_SYNC_OPS.get(func._overloadpacket)
         if rule is not None and not self.reading and rule.when(args, kwargs):
             self.syncs[str(func._overloadpacket)] += 1

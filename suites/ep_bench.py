@@ -2,11 +2,17 @@
 
 The launcher starts the processes (torchrun or spawn) and the rank loop (suites/ep_run.py) initialises the group
 and calls `measure_ep_point` on every rank; this file neither starts processes nor writes results.
+
+The protocol is not the world-size-1 rows' (suites/timing.py), because every rank must make the same calls: a
+fixed number of repetitions, each an L2 flush (wherever those rows get one: CUDA, cache = cold, l2_flush), a
+barrier and one forward timed stage by stage; no round-robin blocks, re-entry call or stopping rule.
+`timer_columns` writes that difference into each row, so a reader comparing the two kinds of row sees it.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +24,8 @@ from moe_impls.sort_group import SortGroupMoE
 from moe_impls.weights import MoEWeights
 from suites.ep_stages import timed_forward
 from suites.schema import STAGES
+from suites.timing import L2Flush
+from suites.timing_settings import TimingSettings
 
 
 @dataclass(frozen=True)
@@ -30,6 +38,7 @@ class EPPointRequest:
     reps: int  # timed repetitions, each after a barrier
     warmup: int = 2  # untimed forwards; the first is also the output check
     seed: int = 0  # weights are seeded `seed`, rank r's input `seed + 1 + r`
+    l2_flush: bool = False  # CUDA only: zero a buffer twice the L2 before each repetition (see `flushes_l2`)
 
 
 @dataclass(frozen=True)
@@ -57,7 +66,8 @@ def measure_ep_point(request: EPPointRequest, group: dist.ProcessGroup | None = 
 
     Every rank builds the same seeded weights and keeps its shard; rank r's input is seeded `seed + 1 + r`, so
     ranks route different tokens. A barrier precedes each repetition so that rank skew from the previous one
-    does not land in the next dispatch; each repetition is timed stage by stage (`suites.ep_stages`).
+    does not land in the next dispatch; each repetition is timed stage by stage (`suites.ep_stages`). With
+    `request.l2_flush` the L2 is flushed before that barrier, so the flush is done before any clock starts.
 
     Returns, on every rank, this rank's figures:
         world_size, rank, tokens_per_rank, dtype, reps, device
@@ -74,7 +84,8 @@ def measure_ep_point(request: EPPointRequest, group: dist.ProcessGroup | None = 
     layer, x, check = _checked_layer(request, group)
     for _ in range(request.warmup - 1):
         layer(x)
-    point = _rank_figures(request, layer, _time_stages(layer, x, request.reps, group), check)
+    flush = L2Flush(layer.weights.device) if request.l2_flush else None
+    point = _rank_figures(request, layer, _time_stages(layer, x, request.reps, group, flush), check)
     gathered = [None] * layer.world_size if layer.rank == 0 else None
     dist.gather_object(point, gathered, dst=dist.get_global_rank(group, 0), group=group)
     return {**point, "per_rank": gathered}
@@ -101,10 +112,22 @@ def _checked_layer(
     return layer, x, _OutputCheck(max_abs_err, ref_max_abs)
 
 
-def _time_stages(layer: ExpertParallelMoE, x: torch.Tensor, reps: int, group: dist.ProcessGroup) -> _StageSamples:
-    """`reps` forwards timed stage by stage, each after a barrier."""
+def _time_stages(
+    layer: ExpertParallelMoE,
+    x: torch.Tensor,
+    reps: int,
+    group: dist.ProcessGroup,
+    flush: Callable[[], None] | None,
+) -> _StageSamples:
+    """`reps` forwards timed stage by stage, each after `flush` (when given) and a barrier.
+
+    On NCCL the barrier blocks the host until the current stream, flush included, has run, so every rank's
+    clock starts on a flushed L2 and an idle device.
+    """
     seconds: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "total")}
     for _ in range(reps):
+        if flush is not None:
+            flush()
         dist.barrier(group=group)
         timed = timed_forward(layer, x)
         for stage in STAGES:
@@ -135,3 +158,41 @@ def _rank_figures(
         "ref_max_abs": check.ref_max_abs,
         "samples_s": samples.seconds,
     }
+
+
+def flushes_l2(device: torch.device, timing: TimingSettings) -> bool:
+    """Whether repetitions start with an L2 flush: where `suites.timing.time_rows` flushes before each call."""
+    return device.type == "cuda" and timing.cache == "cold" and timing.l2_flush
+
+
+def timer_columns(device: torch.device, timing: TimingSettings) -> dict[str, str]:
+    """An expert_parallel row's timer, cache and timer_note: the clock, and how the protocol differs from that
+    of the world-size-1 rows (suites/timing.py) it is reported beside."""
+    cuda = device.type == "cuda"
+    clock = "cuda_event marks (one synchronise per forward)" if cuda else "perf_counter marks"
+    parts = [
+        f"expert_parallel protocol: each repetition is a barrier, then one forward timed by {clock} at its stage "
+        "boundaries; the sample is the slowest rank's sum of stages, over exactly timing.min_reps repetitions, "
+        "without the round-robin blocks, re-entry call and stopping rule of world-size-1 rows",
+        _cache_clause(device, timing),
+    ]
+    if cuda and timing.cuda_graph:
+        parts.append("cuda_graph does not apply: the dispatch reads the per-expert counts on the host")
+    return {
+        "timer": "cuda_event" if cuda else "perf_counter",
+        "cache": timing.cache if cuda else "warm",
+        "timer_note": "; ".join(parts),
+    }
+
+
+def _cache_clause(device: torch.device, timing: TimingSettings) -> str:
+    if timing.cache == "warm":
+        return "cache = warm: every forward reuses one copy of the shard and input, as warm world-size-1 rows do"
+    if device.type == "cpu":
+        return (
+            "l2_flush does not apply on the CPU and no cold copies are built: every forward reuses the rank's one "
+            "copy of its shard and input (warm), where cold world-size-1 rows rotate over copies"
+        )
+    if flushes_l2(device, timing):
+        return "L2 flushed before each repetition, outside the timed region, as before each world-size-1 call"
+    return "l2_flush = false: no L2 flush, as for the world-size-1 rows"

@@ -9,7 +9,8 @@ Two ways in, one set of rows:
   their environment and run the suite's points at world size W (`suites.ep_run.run_rank`).
 
 A failing launch prints one line naming the world size and the results directory; rows written before the
-failure stay, and `--resume` continues.
+failure stay, and `--resume` continues. On CUDA each rank takes the GPU of its local rank, so a launch of more
+ranks than torch sees GPUs is refused in one line before any rank starts.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def run_expert_parallel(
     env = ep_run.torchrun_env()
     try:
         if env is not None:
-            return _under_torchrun(args, job, world_size=env[1], rank=env[0])
+            return _under_torchrun(args, job, *env)
         if EP_IMPL not in impls:
             if args.nproc is not None:
                 raise SuiteError(f"--nproc {args.nproc}: suite {suite.name} has no {EP_IMPL!r} implementation")
@@ -49,6 +50,8 @@ def run_expert_parallel(
             if args.nproc < 1:
                 raise SuiteError(f"--nproc {args.nproc}: expected a positive number of ranks")
             check_world_size(suite.points, args.nproc, suite.path)
+        if device.type == "cuda":
+            _check_gpus(args.nproc, suite)
     except SuiteError as exc:
         print(f"moe-bench: {exc}", file=sys.stderr)
         return 2
@@ -60,7 +63,21 @@ def run_expert_parallel(
     return code
 
 
-def _under_torchrun(args: argparse.Namespace, job: ep_run.EPRun, world_size: int, rank: int) -> int | None:
+def _check_gpus(nproc: int | None, suite: Suite) -> None:
+    """SuiteError unless this machine has a GPU for every rank of the largest launch (rank r takes GPU r).
+
+    Checked before any rank starts, which would otherwise die in set_device with "invalid device ordinal".
+    `device_count`, like the `is_available` that chose the device, creates no CUDA context in the launcher.
+    """
+    ranks, gpus = nproc if nproc is not None else max(suite.nproc), torch.cuda.device_count()
+    if ranks > gpus:
+        where = f"--nproc {nproc}" if nproc is not None else f"nproc = {list(suite.nproc)} in {suite.path}"
+        raise SuiteError(f"{where}: {ranks} ranks need {ranks} GPUs, one each, but torch.cuda.device_count() is {gpus}")
+
+
+def _under_torchrun(
+    args: argparse.Namespace, job: ep_run.EPRun, rank: int, world_size: int, local_rank: int
+) -> int | None:
     suite = job.suite
     if args.nproc is not None:
         raise SuiteError(f"--nproc {args.nproc}: under torchrun the world size is torchrun's ({world_size})")
@@ -69,6 +86,11 @@ def _under_torchrun(args: argparse.Namespace, job: ep_run.EPRun, world_size: int
             return None
         raise SuiteError(f"suite {suite.name} has no {EP_IMPL!r} implementation to run on {world_size} ranks")
     check_world_size(suite.points, world_size, suite.path)
+    if job.device.type == "cuda" and local_rank >= (gpus := torch.cuda.device_count()):
+        raise SuiteError(
+            f"LOCAL_RANK {local_rank}: local rank r takes GPU r, but torch.cuda.device_count() is {gpus}; "
+            f"start at most {gpus} rank(s) per node"
+        )
     if args.out is None and not args.resume:  # every rank must agree on the directory: name it by the run id
         out = Path("results") / f"{suite.name}-{os.environ.get('TORCHELASTIC_RUN_ID', 'torchrun')}"
         job = dataclasses.replace(job, out=out)

@@ -40,6 +40,7 @@ from suites.runner import Runner
 from suites.schema import EP_IMPL, STAGES
 from suites.stats import Stats
 from suites.suite_model import Point, Suite
+from suites.timing_settings import TimingSettings
 
 # Every collective; a peer that stops answering ends the run after this long. MOE_BENCH_EP_TIMEOUT_S overrides
 # it (the tests use a few seconds; a GPU shape whose one point takes minutes needs more).
@@ -132,13 +133,14 @@ def _measure_points(job: EPRun, where: RankPlace) -> None:
                 reps=max(suite.timing.min_reps, 1),
                 warmup=WARMUP_CALLS,
                 seed=suite.seed,
+                l2_flush=ep_bench.flushes_l2(where.device, suite.timing),
             )
             try:
                 result = ep_bench.measure_ep_point(request)
             except Exception as exc:
                 raise RuntimeError(f"{at}: {one_line(exc)}") from exc
             if writer is not None:
-                row = ep_row(point, where, result["per_rank"])
+                row = ep_row(point, where, result["per_rank"], suite.timing)
                 writer.write(row)
                 if job.progress:
                     print(f"moe-bench: {at}: {row['latency_ms_median']:.3g} ms", file=sys.stderr, flush=True)
@@ -161,8 +163,8 @@ def ep_point_id(point: Point, world_size: int) -> str:
     return hashlib.sha1(f"{point.point_id}/world_size={world_size}".encode()).hexdigest()[:12]
 
 
-def ep_row(point: Point, where: RankPlace, per_rank: list[dict]) -> dict:
-    """One results row from every rank's `measure_ep_point` figures (rank 0's gathered list)."""
+def ep_row(point: Point, where: RankPlace, per_rank: list[dict], timing: TimingSettings) -> dict:
+    """One results row from every rank's `measure_ep_point` figures (rank 0's gathered list), timed under `timing`."""
     world_size, device = where.world_size, where.device
     reps = len(per_rank[0]["samples_s"]["total"])
     # A barrier starts each repetition, so a repetition ends when its slowest rank does: that is the pace.
@@ -189,7 +191,7 @@ def ep_row(point: Point, where: RankPlace, per_rank: list[dict]) -> dict:
         "error": None if ok else f"max |out - sort_group on the rank's tokens| = {err:.3g} > {tolerance:.3g}",
         "max_abs_err": err,
         "tolerance": tolerance,
-        "timer": "cuda_event" if device.type == "cuda" else "perf_counter",
+        **ep_bench.timer_columns(device, timing),
         "samples_ms": pace_ms,
         **stats.columns(),
         "tokens_per_s": point.tokens * world_size / seconds,

@@ -18,11 +18,11 @@ def row_figures(row: CheckedRow, timing: RowTiming, inputs: PointInputs, peaks: 
     peak_tflops = peaks["matmul_tflops"].get(point.dtype)
     bytes_min = flops.min_bytes(row.touched, point.tokens, point.d_model, x.element_size(), point.mode)
     bound_s = max(row.flops / (peak_tflops * 1e12), bytes_min / (peaks["bandwidth_gbs"] * 1e9))
-    input_bytes = x.numel() * x.element_size()
     return {
         "status": "ok",
         "error": None,
         "timer": timing.timer,
+        "l2_flushed": timing.l2_flushed,
         "timer_note": timing.note,
         "samples_ms": timing.samples_ms,
         **stats.columns(),
@@ -33,11 +33,23 @@ def row_figures(row: CheckedRow, timing: RowTiming, inputs: PointInputs, peaks: 
         "bytes_min": bytes_min,
         "arith_intensity": row.flops / bytes_min,
         "bound_ms": bound_s * 1e3,
-        "mem_kind": row.memory.kind,
-        "peak_mem_bytes": row.weight_bytes + input_bytes + row.memory.call_peak_bytes,
-        "reserved_mem_bytes": row.memory.reserved_bytes,
+        **_memory_columns(row, inputs),
+    }
+
+
+def _memory_columns(row: CheckedRow, inputs: PointInputs) -> dict:
+    """The call's peak on top of the weights and input, split into the weight gradients a train call leaves and
+    the rest (activations, workspace, the input gradient). Gradients not yet all live at the peak's moment still
+    count whole, so the split is floored at 0 and activations are, if anything, under-counted."""
+    memory, x = row.memory, inputs.x
+    grads = memory.grad_bytes if inputs.mode == "train" else None
+    return {
+        "mem_kind": memory.kind,
+        "peak_mem_bytes": row.weight_bytes + x.numel() * x.element_size() + memory.call_peak_bytes,
+        "reserved_mem_bytes": memory.reserved_bytes,
         "weight_bytes": row.weight_bytes,
-        "activation_bytes": row.memory.call_peak_bytes,
+        "grad_bytes": grads,
+        "activation_bytes": max(memory.call_peak_bytes - (grads or 0), 0),
     }
 
 

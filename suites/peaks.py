@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from suites.timing import TimingSettings, time_fn
+from suites.timing import time_fn
+from suites.timing_settings import TimingSettings
 
 PEAK_TIMING = TimingSettings(budget_ms=300, min_time_ms=100, warmup_ms=30, min_reps=3, rel_iqr_target=0.02)
 

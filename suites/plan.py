@@ -2,26 +2,26 @@
 
 For every point and row: the predicted peak memory (analysis/footprint.py), the predicted time of one call
 (the roofline of its FLOPs and bytes against a device profile, or its launch floor: a lower bound), whether
-the runner would skip it and why (the same rule as the runner's: a call predicted to need more than
-`MEMORY_HEADROOM` of what is free beside the point's weights), and the wall time the run would take under the
-suite's [timing] protocol (an upper bound: every row times for its full budget).
+the runner would skip it and why (suites/fit.py, the runner's own rule, in the runner's order: the dense
+baselines first, each kept across the points of a shape unless it does not fit), and the wall time the run
+would take under the suite's [timing] protocol (an upper bound: every row times for its full budget).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 import moe_impls
 from analysis import flops, footprint
 from analysis.devices import DeviceProfile
-from moe_impls.routing import synthetic_expert_idx
-from suites.checks import MEMORY_HEADROOM
+from suites import fit
 from suites.suite_model import Point, Suite
 
 CHECK_CALLS = 4  # untimed calls per row besides the timing: the check, memory, counters and the fresh recheck
 STARTUP_S = 5.0  # the worker's start, the peaks and the canary (2.6 s measured on 2 CPU cores)
+# content fingerprints of the shared weights per row (suites/integrity.py): around its check and after timing;
+# each reads the weights as int64, about 8 bytes moved per weight byte of bf16 (4 of fp32)
+FINGERPRINTS_PER_ROW = 2
 
 
 @dataclass(frozen=True)
@@ -39,47 +39,31 @@ class Plan:
     suite: Suite
     device: DeviceProfile
     rows: tuple[PlannedRow, ...]
-    setup_s: float  # drawing every point's weights
+    setup_s: float  # drawing the weights: each shape's once, and each baseline's once per shape
 
     @property
     def wall_s(self) -> float:
         return STARTUP_S + self.setup_s + sum(r.wall_s for r in self.rows)
 
 
-def max_load(point: Point) -> int:
-    """The largest expert load of the point's routing: exact for a synthetic routing, expected for a router."""
-    cfg = point.moe_config()
-    if cfg.synthetic is not None:
-        chosen = synthetic_expert_idx(point.tokens, cfg.num_experts, cfg.top_k, cfg.synthetic)
-        load = int(torch.bincount(chosen.flatten(), minlength=cfg.num_experts).max())
-    else:
-        load = footprint.expected_max_load(point.tokens, cfg.num_experts, cfg.top_k)
-    capacity = cfg.capacity(point.tokens)
-    return load if capacity is None else min(load, capacity)
-
-
-def _call(point: Point) -> footprint.Call:
-    elem = torch.empty((), dtype=getattr(torch, point.dtype)).element_size()
-    p = point
-    return footprint.Call(
-        p.d_model, p.d_ff, p.num_experts, p.top_k, p.activation, p.tokens, elem, p.mode == "train", max_load(p)
-    )
-
-
 def _row_work(point: Point, impl: str, call: footprint.Call) -> tuple[int, int, int]:
     """(weight bytes, FLOPs computed, bytes moved) of one call of the row."""
     cfg, b = point.moe_config(), call.elem_bytes
-    if impl in footprint.DENSE_WIDTH:
-        d_ff = footprint.DENSE_WIDTH[impl](call)
-        weights = (call.width(d_ff) + d_ff) * call.d_model * b
-        work = flops.dense_flops(cfg.d_model, d_ff, cfg.activation, point.tokens, point.mode)
+    if fit.is_baseline(impl):
+        weights = fit.baseline_weight_bytes(impl, call)
+        work = flops.dense_flops(cfg.d_model, fit.baseline_width(impl, call), cfg.activation, point.tokens, point.mode)
         return weights, work, flops.min_bytes(weights, point.tokens, cfg.d_model, b, point.mode)
-    weights = footprint.weight_grads(call) + cfg.num_experts * cfg.d_model * b
+    weights = _moe_weight_bytes(call)
     rows = {"padded": cfg.num_experts * call.max_load, "dense_all": cfg.num_experts * point.tokens}
     computed = rows.get(impl, call.assignments)
     touched = min(cfg.num_experts, computed) * footprint.weight_grads(call) // cfg.num_experts
     moved = flops.min_bytes(touched, point.tokens, cfg.d_model, b, point.mode)
     return weights, flops.moe_flops(cfg, point.tokens, computed, point.mode), moved
+
+
+def _moe_weight_bytes(call: footprint.Call) -> int:
+    """The experts and the router: what the worker keeps for every point of the shape."""
+    return footprint.weight_grads(call) + call.num_experts * call.d_model * call.elem_bytes
 
 
 def _row_wall_s(call_ms: float, suite: Suite, device: DeviceProfile) -> float:
@@ -92,43 +76,60 @@ def _row_wall_s(call_ms: float, suite: Suite, device: DeviceProfile) -> float:
     return (max(s.warmup_ms, call_ms) + timed + timed / block + CHECK_CALLS * call_ms + energy) / 1e3
 
 
-def _skip(point: Point, impl: str, peak: int | None, weights: int, moe_weights: int, device: DeviceProfile):
-    """The runner's rule: the implementation cannot express the shape, or the call would not fit."""
-    why = moe_impls.resolve(impl).unsupported(point.moe_config()) if impl not in footprint.DENSE_WIDTH else None
-    if why or peak is None:
-        return why
-    free = device.memory_bytes - moe_weights - (weights if impl in footprint.DENSE_WIDTH else 0)
+def _unsupported(point: Point, impl: str) -> str | None:
+    return None if fit.is_baseline(impl) else moe_impls.resolve(impl).unsupported(point.moe_config())
+
+
+def _draw_s(weight_bytes: int, device: DeviceProfile) -> float:
+    return weight_bytes / (device.weights_init_gbs * 1e9)
+
+
+def _fingerprint_s(weight_bytes: int, elem_bytes: int, device: DeviceProfile) -> float:
+    return FINGERPRINTS_PER_ROW * weight_bytes * 8 / elem_bytes / (device.bandwidth_gbs * 1e9)
+
+
+def _skips(point: Point, impls: list[str], baselines: tuple[str, ...], call: footprint.Call, device: DeviceProfile):
+    """The runner's decision (suites/fit.py) against the profile's memory, with the point's weights and input
+    resident; each row's predicted call bytes with it."""
+    moe_weights, inputs = _moe_weight_bytes(call), point.tokens * point.d_model * call.elem_bytes
     if moe_weights > device.memory_bytes:
-        return f"the point's weights ({moe_weights / 1e9:.3g} GB) exceed the {device.memory_bytes / 1e9:.3g} GB"
-    if peak - weights > MEMORY_HEADROOM * free:
-        return (
-            f"predicted {(peak - weights) / 1e9:.3g} GB per call > {MEMORY_HEADROOM:.0%} of the "
-            f"{free / 1e9:.3g} GB free beside the weights on {device.name}"
-        )
-    return None
+        why = f"the point's weights ({moe_weights / 1e9:.3g} GB) exceed the {device.memory_bytes / 1e9:.3g} GB"
+        return dict.fromkeys((*impls, *baselines), why)
+    unsupported = {i: _unsupported(point, i) for i in impls}
+    calls = {i: None if unsupported[i] else fit.predicted_bytes(i, point, call) for i in impls}
+    dense = {
+        b: fit.Baseline(fit.baseline_weight_bytes(b, call), fit.predicted_bytes(b, point, call)) for b in baselines
+    }
+    free = device.memory_bytes - moe_weights - inputs
+    skips = fit.decide(free, calls, dense, f"free beside the weights on {device.name}")
+    return {name: unsupported.get(name) or skip for name, skip in skips.items()}
 
 
 def plan(suite: Suite, device: DeviceProfile) -> Plan:
-    rows, setup_s, last_shape = [], 0.0, None
+    rows, setup_s, shape_kept, kept = [], 0.0, None, set()
+    impls = [i for i in suite.impls if i != "expert_parallel"]  # planned by the launcher per world size, not here
     for point in suite.points:
-        call = _call(point)
-        moe_weights = footprint.weight_grads(call) + point.num_experts * point.d_model * call.elem_bytes
+        call = fit.call_of(point, fit.max_load(point))
         shape = (point.shape, point.d_model, point.d_ff, point.num_experts, point.dtype)
-        if shape != last_shape:  # the worker keeps the last shape's weights across token counts and modes
-            setup_s += moe_weights * 4 / call.elem_bytes / (device.weights_init_gbs * 1e9)
-            last_shape = shape
+        if shape != shape_kept:  # the worker keeps a shape's weights and baselines across token counts and modes
+            shape_kept, kept = shape, set()
+            setup_s += _draw_s(_moe_weight_bytes(call), device)
+        skips = _skips(point, impls, suite.baselines, call, device)
         inputs = point.tokens * point.d_model * call.elem_bytes  # the input; grad_out is not counted
-        for impl in (*suite.impls, *suite.baselines):
-            if impl == "expert_parallel":
-                continue  # planned by the launcher per world size, not here
+        for impl in (*impls, *suite.baselines):
             weights, work, moved = _row_work(point, impl, call)
-            if impl in footprint.DENSE_WIDTH:  # a baseline's weights are drawn at every point
-                setup_s += weights * 4 / call.elem_bytes / (device.weights_init_gbs * 1e9)
-            extra = footprint.predicted_bytes(impl, call)
+            if fit.is_baseline(impl):
+                key = (impl, fit.baseline_width(impl, call))
+                if skips[impl]:
+                    kept.discard(key)
+                elif key not in kept:
+                    kept.add(key)
+                    setup_s += _draw_s(weights, device)
+            extra = fit.predicted_bytes(impl, point, call)
             peak = None if extra is None else extra + weights + inputs
             ms = device.call_ms(work, moved, point.dtype, footprint.launches(impl, point.num_experts))
-            skip = _skip(point, impl, peak, weights, moe_weights, device)
-            rows.append(PlannedRow(point, impl, peak, ms, 0.0 if skip else _row_wall_s(ms, suite, device), skip))
+            wall = _row_wall_s(ms, suite, device) + _fingerprint_s(_moe_weight_bytes(call), call.elem_bytes, device)
+            rows.append(PlannedRow(point, impl, peak, ms, 0.0 if skips[impl] else wall, skips[impl]))
     return Plan(suite, device, tuple(rows), setup_s)
 
 

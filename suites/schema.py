@@ -44,6 +44,7 @@ RESULT_COLUMNS: dict[str, str] = {
     "tolerance": "the max_abs_err allowed for this dtype and output scale",
     # timing (milliseconds per call)
     "timer": "perf_counter (CPU), cuda_event, or cuda_graph (launch overhead removed)",
+    "l2_flushed": "true when a buffer twice the L2 size was zeroed before every timed call (CUDA, cache = cold)",
     "samples_ms": "every timed repetition, in order",
     "n_samples": "number of timed repetitions",
     "latency_ms_median": "median of samples_ms",
@@ -67,9 +68,16 @@ RESULT_COLUMNS: dict[str, str] = {
     # memory
     "mem_kind": "'cuda' (torch.cuda peak stats) or 'cpu' (torch profiler memory events); null when not measured",
     "peak_mem_bytes": "peak bytes allocated during one call, weights and input included",
-    "reserved_mem_bytes": "CUDA: peak bytes reserved by the caching allocator; CPU: null",
+    "reserved_mem_bytes": "CUDA: the most bytes the caching allocator held reserved during one call beyond what it "
+    "held before it, with its cache emptied first (max_memory_reserved after a reset - memory_reserved before): "
+    "the segments the call needed from the driver, allocator rounding and fragmentation included, beyond those "
+    "holding live tensors; 0 when the call fit in their free space; CPU: null",
     "weight_bytes": "bytes of the layer's parameters (all experts resident)",
-    "activation_bytes": "peak_mem_bytes - weight_bytes - input bytes: activations and workspace",
+    "grad_bytes": "train: bytes of the weight gradients one call left (the p.grad tensors of the parameters it "
+    "reached; the runner drops them after the call); forward: null",
+    "activation_bytes": "peak_mem_bytes - weight_bytes - input bytes - grad_bytes (train): activations, workspace "
+    "and, in train mode, the input gradient; floored at 0; in train mode, if anything, an under-count, as "
+    "grad_bytes counts whole though not every gradient may be live at the peak",
     "predicted_mem_bytes": "bytes one call was predicted to allocate beyond weights and input, where an "
     "implementation's footprint is known (hf_batched_mm); a row whose prediction exceeds the free memory is "
     "skipped with it, so the cost is on record without running it; null when not predicted",
@@ -126,13 +134,15 @@ RESULT_COLUMNS: dict[str, str] = {
     "repeat_interleave without output_size) and, on CUDA only, blocking host-device copies",
     "alloc_bytes": "bytes of the new tensor storages one call's ops returned (logical sizes, before the allocator "
     "rounds them; kernel workspace excluded)",
+    "grouped_mm_calls": "aten._grouped_mm ops one call ran, backward included (0: sort_group took its fallback loop)",
     "counters_note": "why the counters are null (the counting modes failed on this row's call)",
 }
 
 # Extra columns of `expert_parallel` rows (suites/ep_run.py), one row per point and world size. Kept apart from
 # RESULT_COLUMNS because they are text, lists and dicts, which the generic loaders coerce to numbers. Such a row's
 # point_id also hashes the world size; its samples_ms are, per repetition, the slowest rank's forward (a barrier
-# starts each repetition), over exactly timing.min_reps repetitions (every rank must make the same calls).
+# starts each repetition), over exactly timing.min_reps repetitions (every rank must make the same calls). Its
+# timer, cache and timer_note say how that protocol differs from the world-size-1 rows' (suites/ep_bench.py).
 EP_COLUMNS: dict[str, str] = {
     "backend": "torch.distributed backend: 'gloo' (CPU) or 'nccl' (CUDA)",
     "global_tokens": "tokens x world_size: the batch all ranks routed together",

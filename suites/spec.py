@@ -6,7 +6,7 @@
     dtypes = ["float32"]
     modes = ["forward", "train"]
     routing = ["softmax_topk", "zipf:1.2", "hot:0.5"]   # router kinds, or skews: uniform, zipf:S, hot:P, collapse
-    [timing]                                           # any field of suites.timing.TimingSettings
+    [timing]                                           # any field of suites.timing_settings.TimingSettings
     budget_ms = 200
     [[shapes]]
     name = "tiny"                                      # or preset = "mixtral-8x7b" for a real model's layer

@@ -15,7 +15,7 @@ import moe_impls
 from suites.impl_names import why_not_runnable
 from suites.schema import DENSE_BASELINES, EP_IMPL, is_finite_number
 from suites.suite_model import parse_routing
-from suites.timing import TimingSettings
+from suites.timing_settings import TimingSettings
 
 DTYPES = ("float32", "bfloat16", "float16")
 MODES = ("forward", "train")

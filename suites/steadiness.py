@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from suites.stats import Stats
-from suites.timing import TimingSettings
+from suites.timing_settings import TimingSettings
 
 PRESSURE = Path("/proc/pressure/cpu")
 PROC_STAT = Path("/proc/stat")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import moe_impls
 from moe_impls import MoEConfig, SyntheticRouting
-from suites.timing import TimingSettings
+from suites.timing_settings import TimingSettings
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
 """Timers with budgets in milliseconds, as triton.testing.do_bench: warm up, then repeat until the relative
-IQR is small enough (after a minimum time) or the budget runs out. Every sample is kept.
+IQR is small enough (after a minimum time) or the budget runs out. Every sample is kept. The settings are a
+suite's [timing] table (suites/timing_settings.py); a row's budget counts the whole of its blocks, untimed
+calls, flushes and resets included.
 
 The rows of one point are timed round-robin (`time_rows`), so drift in the machine's speed cannot favour
 the row that happened to run first. Each round runs a block of calls of one row, then the next row's block:
@@ -14,7 +16,8 @@ its neighbour left. The cache state of the timed calls is a setting, `cache`:
   `blocked_autorange` does: the data stays in cache as far as it fits.
 
 CPU: perf_counter around each call. CUDA: CUDA events around each call, one synchronise per round;
-optionally a CUDA graph replayed instead of the eager calls, which removes launch overhead.
+optionally a CUDA graph replayed instead of the eager calls, which removes launch overhead. Every row is
+captured before any row warms up, since a capture empties the allocator's cache.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from suites.stats import Stats
+from suites.timing_settings import TimingSettings
 
 CHECK_EVERY = 5  # samples between stopping-rule checks: sorting is cheap, but not free at microsecond calls
 MAX_BLOCK = 64  # calls per block at most, so a microsecond row still hands over to its neighbours often
@@ -34,66 +39,6 @@ MAX_BLOCK = 64  # calls per block at most, so a microsecond row still hands over
 # 0.1 ms, under 2% of such a call, and the rotation already decides the cache state. Warm rows always re-enter:
 # the first call of their block is what brings their data back into cache.
 REENTRY_MAX_MS = 5.0
-CACHE_STATES = ("cold", "warm")
-
-
-@dataclass(frozen=True)
-class TimingSettings:
-    """A suite's [timing] table. Bounds (checked by suites/spec.py): every *_ms value finite, 0 to 600000;
-    1 <= max_reps <= 100000 and min_reps <= max_reps; every other number finite and >= 0."""
-
-    budget_ms: float = field(default=400.0, metadata={"help": "most wall time spent timing one row (<= 600000)"})
-    min_time_ms: float = field(default=40.0, metadata={"help": "keep sampling at least this long"})
-    warmup_ms: float = field(default=20.0, metadata={"help": "untimed calls first, at least one"})
-    min_reps: int = field(default=5, metadata={"help": "fewest samples kept (<= max_reps)"})
-    max_reps: int = field(default=2000, metadata={"help": "most samples kept (<= 100000)"})
-    rel_iqr_target: float = field(default=0.05, metadata={"help": "stop once IQR / median is below this"})
-    cache: str = field(
-        default="cold",
-        metadata={
-            "help": "cold: weights and input out of cache at every call (CPU: rotating copies; CUDA: L2 "
-            "flush); warm: calls back to back on the same data"
-        },
-    )
-    cold_max_mb: float = field(
-        default=4096.0, metadata={"help": "CPU, cold: most MB of weight and input copies one point may build"}
-    )
-    block_ms: float = field(
-        default=20.0, metadata={"help": "timed calls of one row per round fill about this long (1 to 64 calls)"}
-    )
-    l2_flush: bool = field(default=True, metadata={"help": "CUDA, cold: zero a buffer twice the L2 before each call"})
-    cuda_graph: bool = field(default=False, metadata={"help": "CUDA, forward mode: replay a captured graph"})
-    energy_ms: float = field(default=500.0, metadata={"help": "CUDA with NVML: length of the energy loop; 0 = off"})
-    retimes: int = field(default=2, metadata={"help": "times a disturbed point is timed again before it is flagged"})
-    retime_pause_s: float = field(default=2.0, metadata={"help": "pause before timing a disturbed point again"})
-    disturb_cpu_pressure: float = field(
-        default=0.1,
-        metadata={
-            "help": "disturbed when runnable tasks waited for a CPU (/proc/pressure/cpu some) more than "
-            "this fraction of the timing window"
-        },
-    )
-    disturb_steal: float = field(default=0.05, metadata={"help": "disturbed past this fraction of steal time"})
-    disturb_ctx_switches_per_s: float = field(
-        default=200.0, metadata={"help": "disturbed past this many involuntary context switches per second"}
-    )
-    disturb_canary_drift: float = field(
-        default=0.15, metadata={"help": "disturbed when the canary's median moved more than this from its start"}
-    )
-    disturb_canary_rel_iqr: float = field(
-        default=0.25, metadata={"help": "disturbed when the canary's IQR / median exceeds this"}
-    )
-    timeout_s: float = field(
-        default=300.0,
-        metadata={
-            "help": "most seconds a point's setup or one row's check may take, and a row's share of timing "
-            "beyond its budget; past it the row is recorded as `timeout` and the sweep goes on"
-        },
-    )
-
-    def __post_init__(self) -> None:
-        if self.cache not in CACHE_STATES:
-            raise ValueError(f"cache = {self.cache!r}: expected one of {', '.join(CACHE_STATES)}")
 
 
 @dataclass
@@ -104,6 +49,7 @@ class RowTiming:
     samples_ms: list[float]
     timer: str
     note: str | None = None
+    l2_flushed: bool = False  # every timed call followed an L2 flush (CUDA, cache = cold, l2_flush)
     error: BaseException | None = None  # raised by the row's call while it was being timed (no traceback kept)
 
     @property
@@ -141,7 +87,7 @@ def _done(samples: list[float], timed_ms: float, elapsed_ms: float, s: TimingSet
     return Stats.of(samples).rel_iqr <= s.rel_iqr_target
 
 
-class _L2Flush:
+class L2Flush:
     """Zeroing a buffer twice the L2 size evicts the previous call's weights, so every call starts cold."""
 
     def __init__(self, device: torch.device) -> None:
@@ -155,9 +101,10 @@ class _L2Flush:
 class _RowState:
     """A row being timed: which copy comes next (shared with its pool), its block size and what it spent."""
 
-    def __init__(self, calls: RowCalls, turn: itertools.count, timing: RowTiming) -> None:
+    def __init__(self, calls: RowCalls, turn: itertools.count, timing: RowTiming, warm: bool) -> None:
         self.calls, self.turn, self.timing = calls, turn, timing
-        self.copies: list[Callable[[], object]] = list(calls.calls)  # one call per copy (or a captured graph)
+        copies = list(calls.calls)
+        self.copies: list[Callable[[], object]] = copies[:1] if warm else copies  # one call per copy, or a graph
         self.block, self.spent_ms, self.reenter = 1, 0.0, not calls.watch
 
     def next_copy(self) -> int:
@@ -176,8 +123,10 @@ def time_rows(rows: dict[str, RowCalls], device: torch.device, s: TimingSettings
     ratios between rows stay honest. Each row keeps its own warm-up, stopping rule and budget.
     """
     cuda = device.type == "cuda"
-    flush = _L2Flush(device) if cuda and s.l2_flush and s.cache == "cold" else None
+    flush = L2Flush(device) if cuda and s.l2_flush and s.cache == "cold" else None
     timings, active = _warmed_up(rows, flush, cuda, s)
+    for timing in timings.values():
+        timing.l2_flushed = flush is not None
     round_ = 0
     while active:
         _round(active, round_, flush, cuda)
@@ -194,31 +143,36 @@ def time_rows(rows: dict[str, RowCalls], device: torch.device, s: TimingSettings
 
 
 def _warmed_up(
-    rows: dict[str, RowCalls], flush: _L2Flush | None, cuda: bool, s: TimingSettings
+    rows: dict[str, RowCalls], flush: L2Flush | None, cuda: bool, s: TimingSettings
 ) -> tuple[dict[str, RowTiming], dict[str, _RowState]]:
-    """Every row's timing, and the rows captured (CUDA graphs) and warmed up, each with its block size; a row
-    that fails here keeps its error in its timing and is not timed."""
+    """Every row's timing, and the rows captured (CUDA graphs) and warmed up; a row that fails here keeps its
+    error in its timing and is not timed.
+
+    Every capture comes before any warm-up: entering a capture synchronises and empties the allocator's cache,
+    so a row warmed up before another row's capture would pay for cudaMalloc again in its timed rounds."""
     timings = {name: RowTiming([], "cuda_event" if cuda else "perf_counter") for name in rows}
     turns: dict[str, itertools.count] = {}
-    active: dict[str, _RowState] = {}
-    for name, calls in rows.items():
-        row = _RowState(calls, turns.setdefault(calls.pool or name, itertools.count()), timings[name])
-        try:
-            if s.cache == "warm":
-                row.copies = row.copies[:1]
-            _maybe_capture(row, cuda, s)
-            row.block, call_ms = _warm_up(row, flush, s, cuda)
-            if calls.watch:  # the canary samples the machine once a round; its own cache state is not the point
-                row.block = 1
-            elif s.cache == "cold" and call_ms > REENTRY_MAX_MS:
-                row.reenter = False
-            active[name] = row
-        except Exception as exc:
-            timings[name].error = exc.with_traceback(None)
-    return timings, active
+    states = {
+        name: _RowState(
+            calls, turns.setdefault(calls.pool or name, itertools.count()), timings[name], s.cache == "warm"
+        )
+        for name, calls in rows.items()
+    }
+    captured = {n: r for n, r in states.items() if _survives(r, partial(_maybe_capture, cuda=cuda, s=s))}
+    return timings, {n: r for n, r in captured.items() if _survives(r, partial(_warm_up, flush=flush, s=s, cuda=cuda))}
 
 
-def _round(active: dict[str, _RowState], round_: int, flush: _L2Flush | None, cuda: bool) -> None:
+def _survives(row: _RowState, step: Callable[[_RowState], None]) -> bool:
+    """Runs one preparation step of a row; False, with the error kept in its timing, when the step raised."""
+    try:
+        step(row)
+    except Exception as exc:
+        row.timing.error = exc.with_traceback(None)
+        return False
+    return True
+
+
+def _round(active: dict[str, _RowState], round_: int, flush: L2Flush | None, cuda: bool) -> None:
     """One block of every active row, starting with the row `round_` places after the first (so no row always
     follows the same row); the samples are read after one synchronise on CUDA."""
     names = list(active)
@@ -226,17 +180,15 @@ def _round(active: dict[str, _RowState], round_: int, flush: _L2Flush | None, cu
     pending = []
     for name in names[shift:] + names[:shift]:
         try:
-            pending.append((name, _run_block(active[name], flush, cuda)))
+            pending.append((active[name], _run_block(active[name], flush, cuda)))
         except Exception as exc:
             active[name].timing.error = exc.with_traceback(None)
     if cuda:
         torch.cuda.synchronize()
-    for name, block in pending:
-        row = active[name]
-        if cuda:
-            block = [begin.elapsed_time(end) for begin, end in block]
-            row.spent_ms += sum(block)
-        row.timing.samples_ms.extend(block)
+    for row, read in pending:
+        samples, spent_ms = read()
+        row.timing.samples_ms.extend(samples)
+        row.spent_ms += spent_ms
 
 
 def _maybe_capture(row: _RowState, cuda: bool, s: TimingSettings) -> None:
@@ -254,58 +206,87 @@ def _maybe_capture(row: _RowState, cuda: bool, s: TimingSettings) -> None:
         row.timing.note = f"cuda_graph unavailable, timed eagerly: {type(exc).__name__}: {first}"
 
 
-def _call(row: _RowState, flush: _L2Flush | None) -> int:
+def _ready_copy(row: _RowState, flush: L2Flush | None) -> int:
+    """The copy the row's next call runs on, with L2 flushed first where the cache state asks for it."""
     copy = row.next_copy()
     flush and flush()
-    row.copies[copy]()
     return copy
 
 
-def _run_block(row: _RowState, flush: _L2Flush | None, cuda: bool) -> list:
+def _call(row: _RowState, flush: L2Flush | None) -> None:
+    """One untimed call, then its reset."""
+    copy = _ready_copy(row, flush)
+    row.copies[copy]()
+    row.reset(copy)
+
+
+def _run_block(row: _RowState, flush: L2Flush | None, cuda: bool) -> Callable[[], tuple[list[float], float]]:
     """One untimed call (the row re-enters: threads wake, its code path warms), then `row.block` timed calls.
 
-    CPU: the samples in ms. CUDA: (begin, end) event pairs, read after the round's synchronise.
+    Returns what reads the block, once the round has synchronised on CUDA: the samples (ms) and the time the
+    whole block took (ms), re-entry, flushes and resets included, which counts against the row's budget.
     """
+    return _cuda_block(row, flush) if cuda else _cpu_block(row, flush)
+
+
+def _cpu_block(row: _RowState, flush: L2Flush | None) -> Callable[[], tuple[list[float], float]]:
     start = time.perf_counter()
     if row.reenter:
-        row.reset(_call(row, flush))
-    out = []
+        _call(row, flush)
+    samples = []
     for _ in range(row.block):
-        copy = row.next_copy()
-        flush and flush()
-        if cuda:
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            row.copies[copy]()
-            end.record()
-            out.append((begin, end))
-        else:
-            t0 = time.perf_counter()
-            row.copies[copy]()
-            out.append((time.perf_counter() - t0) * 1e3)
+        copy = _ready_copy(row, flush)
+        t0 = time.perf_counter()
+        row.copies[copy]()
+        samples.append((time.perf_counter() - t0) * 1e3)
         row.reset(copy)
-    if not cuda:
-        row.spent_ms += (time.perf_counter() - start) * 1e3
-    return out
+    spent_ms = (time.perf_counter() - start) * 1e3
+    return lambda: (samples, spent_ms)
 
 
-def _warm_up(row: _RowState, flush: _L2Flush | None, s: TimingSettings, cuda: bool) -> tuple[int, float]:
-    """Untimed calls for `warmup_ms`, at least two; returns the block size that fills about `block_ms` and the
-    fastest warm-up call's ms."""
+def _cuda_block(row: _RowState, flush: L2Flush | None) -> Callable[[], tuple[list[float], float]]:
+    """Events made before the block's first call and recorded on the current stream, where the calls (and a
+    graph's replay) run; a flush is enqueued before its call's begin event, so it stays outside the sample."""
+    span, events = _event_pair(), [_event_pair() for _ in range(row.block)]
+    span[0].record()
+    if row.reenter:
+        _call(row, flush)
+    for begin, end in events:
+        copy = _ready_copy(row, flush)
+        begin.record()
+        row.copies[copy]()
+        end.record()
+        row.reset(copy)
+    span[1].record()
+    return lambda: ([b.elapsed_time(e) for b, e in events], span[0].elapsed_time(span[1]))
+
+
+def _event_pair() -> tuple[torch.cuda.Event, torch.cuda.Event]:
+    return torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+
+def _warm_up(row: _RowState, flush: L2Flush | None, s: TimingSettings, cuda: bool) -> None:
+    """Untimed calls for `warmup_ms`, at least two; from the fastest after the first, the block size that
+    fills about `block_ms`, and whether a cold row still needs its re-entry call."""
     start, times = time.perf_counter(), []
     while True:
         t0 = time.perf_counter()
-        row.reset(_call(row, flush))
+        _call(row, flush)
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         if len(times) >= 2 and (time.perf_counter() - start) * 1e3 >= s.warmup_ms:
             break
+    if row.calls.watch:  # the canary samples the machine once a round; its own cache state is not the point
+        return
     call_ms = min(times[1:]) * 1e3
-    return max(1, min(MAX_BLOCK, int(s.block_ms / max(call_ms, 1e-6)))), call_ms
+    row.block = max(1, min(MAX_BLOCK, int(s.block_ms / max(call_ms, 1e-6))))
+    row.reenter = not (s.cache == "cold" and call_ms > REENTRY_MAX_MS)
 
 
 def _capture(fn: Callable[[], object]) -> Callable[[], None]:
+    """The CUDA work of a capture: three calls on a side stream (as torch.cuda.graphs asks), then the graph;
+    its replay runs on the current stream."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):

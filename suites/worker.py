@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from multiprocessing import forkserver
 
 from suites.suite_model import Point
-from suites.timing import TimingSettings
+from suites.timing_settings import TimingSettings
 
 STARTUP_S = 600.0  # a fresh worker measures the peaks and the canary before it answers
 PRELOAD = ["torch", "moe_impls", "suites.point_runner"]

@@ -31,8 +31,10 @@ def _entry(rank: int, world: int, port: int, out_dir: str, fn: Callable[[int, in
     except Exception as e:
         Path(out_dir, f"rank{rank}.err").write_text(f"{type(e).__name__}: {str(e).splitlines()[0]}")
         raise
-    finally:
-        dist.destroy_process_group()
+    # Every rank reaches teardown together (as suites/ep_run.py's ranks do): gloo's connection threads could
+    # otherwise see a peer close mid-teardown and end the process in std::terminate.
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 def _free_port() -> int:

@@ -1,4 +1,5 @@
-"""Peak memory per implementation and baseline, split into weights, activations (and workspace) and the rest.
+"""Peak memory per implementation and baseline, split into weights, the weight gradients a train call leaves,
+activations (and workspace) and the rest.
 
 Shown at the smallest and the largest token count of the sweep: weights dominate at decode sizes, activations
 (and padded's padding, dense_all's idle rows) at prefill sizes.
@@ -19,8 +20,9 @@ from reports.plots import style
 
 MIB = 2**20
 CAPTION = (
-    "Stacked: parameter bytes (all experts resident), activations and workspace, and the rest of the peak "
-    "(the input). MoE pays for every expert in weights; dense_all and padded also in activations. "
+    "Stacked: parameter bytes (all experts resident), their gradients (train), activations and workspace, and "
+    "the rest of the peak (the input). MoE pays for every expert in weights; dense_all and padded also in "
+    "activations. "
     "Hatched: a footprint the runner predicted and did not run, because it could not fit."
 )
 
@@ -31,15 +33,17 @@ class Stack:
 
     names: list[str] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
+    grads: list[float] = field(default_factory=list)
     activations: list[float] = field(default_factory=list)
     rest: list[float] = field(default_factory=list)
     disturbed: list[bool] = field(default_factory=list)  # measured positions only (they come first)
     missing: dict[int, str] = field(default_factory=dict)  # position -> status
     predicted: dict[int, float] = field(default_factory=dict)  # skipped position -> predicted MiB
 
-    def add(self, impl: str, weights: float, activations: float, rest: float) -> None:
+    def add(self, impl: str, weights: float, grads: float, activations: float, rest: float) -> None:
         self.names.append(impl)
         self.weights.append(weights / MIB)
+        self.grads.append(grads / MIB)
         self.activations.append(activations / MIB)
         self.rest.append(rest / MIB)
 
@@ -68,8 +72,10 @@ def plot(group: Group, meta: dict, out_dir: Path) -> style.PlotFile | str:
 
 
 def _stack(group: Group, lines: dict[str, pd.DataFrame], tokens: float) -> Stack:
-    """The bars at `tokens`: each measured implementation split into weights, activations and the rest, then
-    each that failed there (a skipped one at its predicted footprint, when the runner predicted one)."""
+    """The bars at `tokens`: each measured implementation split into weights, gradients, activations and the
+    rest, then each that failed there (a skipped one at its predicted footprint, when the runner predicted one).
+    A row without grad_bytes (forward, or written before them) shows none; one without activation_bytes shows
+    its peak above the weights and gradients as activations."""
     stack = Stack()
     for impl, line in lines.items():
         rows = line[line["tokens"] == tokens]
@@ -78,15 +84,16 @@ def _stack(group: Group, lines: dict[str, pd.DataFrame], tokens: float) -> Stack
         r = rows.iloc[0]
         peak = r["peak_mem_bytes"]
         w = r["weight_bytes"] if pd.notna(r["weight_bytes"]) else 0.0
-        a = r["activation_bytes"] if pd.notna(r["activation_bytes"]) else max(peak - w, 0.0)
-        stack.add(impl, w, max(a, 0.0), max(peak - w - max(a, 0.0), 0.0))
+        g = r["grad_bytes"] if pd.notna(r["grad_bytes"]) else 0.0
+        a = max(r["activation_bytes"] if pd.notna(r["activation_bytes"]) else peak - w - g, 0.0)
+        stack.add(impl, w, g, a, max(peak - w - g - a, 0.0))
         stack.disturbed.append(bool(r["point_disturbed"]))
     for impl, status in style.failed_at(group, tokens, exclude=stack.names).items():
         guess = _predicted(group, impl, tokens) if status == "skipped" else None
         if guess is not None:
             stack.predicted[len(stack.names)] = guess / MIB
         stack.missing[len(stack.names)] = status
-        stack.add(impl, 0.0, 0.0, 0.0)
+        stack.add(impl, 0.0, 0.0, 0.0, 0.0)
     return stack
 
 
@@ -96,8 +103,11 @@ def _draw(ax, stack: Stack, tokens: float) -> bool:
         style.mark_missing(ax, x, status)
     x = np.arange(len(stack.names))
     ax.bar(x, stack.weights, color="#4c72b0", label="weights")
-    ax.bar(x, stack.activations, bottom=stack.weights, color="#dd8452", label="activations + workspace")
-    top = np.add(stack.weights, stack.activations)
+    if any(stack.grads):
+        ax.bar(x, stack.grads, bottom=stack.weights, color="#55a868", label="weight gradients")
+    below = np.add(stack.weights, stack.grads)
+    ax.bar(x, stack.activations, bottom=below, color="#dd8452", label="activations + workspace")
+    top = np.add(below, stack.activations)
     ax.bar(x, stack.rest, bottom=top, color="#c7c7c7", label="input + other")
     marked = stack.disturbed
     if any(marked):

@@ -16,7 +16,7 @@ from suites.nvml import NVML
 from suites.reference import error_and_tolerance, reference_layer
 from suites.steadiness import Thresholds, Window, cpu_verdict, gpu_verdict
 from suites.suite_model import Point
-from suites.timing import TimingSettings
+from suites.timing_settings import TimingSettings
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -143,7 +143,10 @@ def _row(rng, noise, shape, tokens, impl, routing, dtype, mode, n_samples, energ
         energy_j=float(median * 0.7) if energy else None,
         energy_note=None if energy else "NVML energy counter unsupported on this device",
     )
-    row["activation_bytes"] = row["peak_mem_bytes"] - row["weight_bytes"] - io / 2
+    if mode == "train":  # the weight gradients the call leaves, on top of the forward's peak
+        row["grad_bytes"] = row["weight_bytes"]
+        row["peak_mem_bytes"] += row["grad_bytes"]
+    row["activation_bytes"] = row["peak_mem_bytes"] - row["weight_bytes"] - (row["grad_bytes"] or 0) - io / 2
     if moe:
         mean = counts.mean()
         row.update(

@@ -51,6 +51,8 @@ def _row(world_size: int, latency_ms: float, split_ms: dict, tokens_per_s: float
         "rank_bytes_sent": [2048] * world_size,
         "rank_imbalance": 1.25 if world_size > 1 else 1.0,
         "tokens_per_s": tokens_per_s,
+        "timer": "perf_counter",
+        "timer_note": "expert_parallel protocol: a barrier, then one forward",
     }
 
 
@@ -82,6 +84,17 @@ def test_section_shows_scaling_with_typed_cells_and_the_model(tmp_path):
     assert all(b.path.is_file() for b in images)
     markdown = to_markdown(blocks, tmp_path / "out")
     assert "bandwidth 2 GB/s per rank" in markdown and "| all fitted | 2 | 1 | 0.25 | 5% |" in markdown
+
+
+def test_section_says_how_the_rows_were_timed_against_world_size_1(tmp_path):
+    unrecorded = {**ROWS[1], "point_id": "p3", "timer_note": None}  # a row written before timer_note was
+    paras = [
+        b.text for b in ep_blocks(_run(tmp_path, [*ROWS, unrecorded], None), tmp_path / "out") if isinstance(b, Para)
+    ]
+    timing = next(p for p in paras if p.startswith("Timing: every world size is timed alike"))
+    assert "The single-process rows beside the 1-rank rows in the main tables follow" in timing
+    recorded = "perf_counter: expert_parallel protocol: a barrier, then one forward."
+    assert timing.endswith(f"{recorded} Also perf_counter (no timer_note recorded).")
 
 
 @pytest.mark.parametrize(

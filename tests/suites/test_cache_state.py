@@ -13,7 +13,8 @@ import moe_impls
 from moe_impls import MoEWeights
 from suites.cache import ColdPlan, _parse_size, last_level_cache_bytes, plan_copies
 from suites.suite_model import Point
-from suites.timing import RowCalls, TimingSettings, time_rows
+from suites.timing import RowCalls, time_rows
+from suites.timing_settings import TimingSettings
 from suites.worker import Worker, WorkerSpec
 
 ROWS = ["loop", "padded", "sort_group", "dense_all", "param_matched", "flop_matched"]

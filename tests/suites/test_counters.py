@@ -181,8 +181,29 @@ def test_compiled_code_is_counted_as_its_eager_code_and_stays_compiled():
 def test_setup_runs_before_and_is_not_counted():
     calls = []
     counted = count(lambda: calls.append("call"), setup=lambda: calls.append(torch.ones(99).sum().item()))
-    assert calls == [99.0, "call"] and counted == Counters(0, 0, 0, 0)
-    assert counted.columns() == {"counted_flops": 0, "aten_ops": 0, "host_syncs": 0, "alloc_bytes": 0}
+    assert calls == [99.0, "call"] and counted == Counters(0, 0, 0, 0, 0)
+    columns = ("counted_flops", "aten_ops", "host_syncs", "alloc_bytes", "grouped_mm_calls")
+    assert counted.columns() == dict.fromkeys(columns, 0)
+
+
+@pytest.mark.skipif(not hasattr(F, "grouped_mm"), reason="torch without F.grouped_mm")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grouped_mm_calls_are_sort_groups_two_and_their_backward(dtype):
+    """Aligned rows: sort_group's two grouped GEMMs in forward; a train step adds each one's backward (the input's
+    and the weight's gradient, one grouped_mm each). Unaligned rows take the fallback loop, which counts none."""
+    cfg = SHAPES["swiglu-8x2"]  # rows of 64 and 128 elements: 16-byte aligned in both dtypes
+    found = {}
+    for name in IMPLS:
+        for mode in MODES:
+            layer = build(name, cfg, dtype=dtype)
+            found[name, mode] = count(*warm_call(layer, *inputs(cfg, 32, dtype=dtype), mode)).grouped_mm_calls
+    assert found.pop(("sort_group", "forward")) == 2
+    assert found.pop(("sort_group", "train")) == 2 + 2 * 2
+    assert set(found.values()) == {0}, found
+    unaligned = SHAPES["unaligned-4x2"]
+    for mode in MODES:
+        fallback = warm_call(build("sort_group", unaligned), *inputs(unaligned, 32), mode)
+        assert count(*fallback).grouped_mm_calls == 0
 
 
 # ---- composition of the modes -----------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
-from suites import spec
+from suites import ep_launch, spec
 from suites.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,6 +66,8 @@ def test_launcher_and_torchrun_write_the_same_rows(tmp_path, monkeypatch):
         assert set(r["split_ms"]) == {"routing", "dispatch", "compute", "combine"}
         assert r["n_samples"] == suite.timing.min_reps == len(r["samples_ms"])
         assert (sum(r["rank_dispatch_bytes"]) > 0) == (w > 1)  # one rank sends nothing over the wire
+        assert r["timer"] == "perf_counter" and r["cache"] == "warm"  # one copy per rank, whatever the suite asks
+        assert "l2_flush does not apply on the CPU" in r["timer_note"] and "slowest rank" in r["timer_note"]
     meta = json.loads((launched / "run.json").read_text())
     assert [launch["world_size"] for launch in meta["ep_launches"]] == [1, 2]
     assert "ep_model" in meta
@@ -84,6 +87,30 @@ def test_indivisible_world_size_is_one_line_before_any_launch(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "num_experts (4) must be divisible by the world size (3)" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "nproc, torchrun_env, says",
+    [
+        (["--nproc", "2"], {}, "--nproc 2: 2 ranks need 2 GPUs, one each, but torch.cuda.device_count() is 1"),
+        ([], {}, f"nproc = [1, 2] in {TINY}: 2 ranks need 2 GPUs, one each, but torch.cuda.device_count() is 1"),
+        ([], {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"}, "LOCAL_RANK 1: local rank r takes GPU r, but"),
+    ],
+    ids=["nproc", "suite_nproc", "under_torchrun"],
+)
+def test_more_ranks_than_gpus_is_one_line_before_any_rank_starts(
+    tmp_path, capsys, monkeypatch, nproc, torchrun_env, says
+):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(ep_launch, "launch", lambda *args: pytest.fail("a rank was launched"))
+    for name, value in torchrun_env.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "x"
+    assert main(["run", str(TINY), "--device", "cuda", "--out", str(out), "--no-report", *nproc]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"moe-bench: {says}") and len(err.splitlines()) == 1, err
+    assert not out.exists()
 
 
 RAISE = """

@@ -10,7 +10,8 @@ import torch
 from suites.memory import measure_cpu
 from suites.nvml import NVML
 from suites.stats import Stats
-from suites.timing import RowCalls, TimingSettings, time_fn, time_rows
+from suites.timing import RowCalls, time_fn, time_rows
+from suites.timing_settings import TimingSettings
 
 
 def test_stats_by_hand():

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from analysis import devices, footprint
-from suites import plan, spec
-from suites.timing import TimingSettings
+from suites import fit, plan, spec
+from suites.timing_settings import TimingSettings
 from suites.worker import Worker, WorkerSpec
 
 QUICK = TimingSettings(budget_ms=5, min_time_ms=1, warmup_ms=1, retimes=0, energy_ms=0)
@@ -63,7 +63,7 @@ def test_the_wall_time_follows_the_timing_budget():
 def test_a_synthetic_routing_plans_its_exact_largest_load():
     point = next(p for p in spec.load("skew").points if p.routing.startswith("hot"))
     cfg = point.moe_config()
-    assert plan.max_load(point) > footprint.expected_max_load(point.tokens, cfg.num_experts, cfg.top_k)
+    assert fit.max_load(point) > footprint.expected_max_load(point.tokens, cfg.num_experts, cfg.top_k)
 
 
 def test_an_unknown_device_profile_is_one_line():

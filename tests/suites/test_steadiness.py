@@ -12,7 +12,7 @@ import torch
 from suites import spec
 from suites.runner import Runner
 from suites.steadiness import THROTTLE_BITS, Thresholds, Window, canary_verdict, cpu_verdict, gpu_verdict
-from suites.timing import TimingSettings
+from suites.timing_settings import TimingSettings
 
 LIMITS = Thresholds.of(TimingSettings())
 

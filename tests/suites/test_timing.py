@@ -1,0 +1,93 @@
+"""The order of time_rows' steps on CUDA, checked on CPU: the CUDA work itself (capture, events, synchronise)
+is faked, since CPU cannot reach it; the real paths run in tests/suites/test_gpu.py."""
+
+import time
+
+import pytest
+import torch
+
+from suites import timing
+from suites.timing import RowCalls, time_rows
+from suites.timing_settings import TimingSettings
+
+SETTINGS = TimingSettings(budget_ms=5, min_time_ms=1, warmup_ms=0, min_reps=2, max_reps=2, cuda_graph=True)
+CUDA = torch.device("cuda")
+
+
+class _FakeEvent:
+    """A CUDA event as host time: what CPU can reach of `torch.cuda.Event`."""
+
+    def __init__(self, enable_timing: bool = False) -> None:
+        self.at = 0.0
+
+    def record(self) -> None:
+        self.at = time.perf_counter()
+
+    def elapsed_time(self, end: "_FakeEvent") -> float:
+        return (end.at - self.at) * 1e3
+
+
+class _FakeCuda:
+    """time_rows believes it is on CUDA: no-op synchronise, host-time events, and a capture that fails for the
+    row named `uncapturable`. Every call and capture lands in `events` as (kind, row)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.events: list[tuple[str, str]] = []
+        self.names: dict = {}  # a row's call -> its name, for the capture
+        monkeypatch.setattr(timing, "_capture", self.capture)
+        monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+        monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
+
+    def row(self, name: str, **kwargs) -> RowCalls:
+        def call() -> None:
+            self.events.append(("call", name))
+
+        self.names[call] = name
+        return RowCalls([call], **kwargs)
+
+    def capture(self, fn):
+        name = self.names[fn]
+        self.events.append(("capture", name))
+        if name == "uncapturable":
+            raise RuntimeError("operation not permitted when stream is capturing\nsecond line")
+        return lambda: self.events.append(("call", name))
+
+
+@pytest.fixture
+def cuda(monkeypatch) -> _FakeCuda:
+    return _FakeCuda(monkeypatch)
+
+
+def test_every_capture_precedes_every_warm_up_and_a_failed_capture_times_eagerly(cuda):
+    graph_ok = {"graphed": True, "train": False, "uncapturable": True, "also_graphed": True}
+    rows = {name: cuda.row(name, graph_ok=ok) for name, ok in graph_ok.items()}
+    timings = time_rows(rows, CUDA, TimingSettings(**{**SETTINGS.__dict__, "l2_flush": False}))
+    captured = [name for kind, name in cuda.events if kind == "capture"]
+    assert captured == ["graphed", "uncapturable", "also_graphed"], "only graph_ok rows are captured, once each"
+    assert cuda.events[:3] == [("capture", n) for n in captured], f"a warm-up came first: {cuda.events[:5]}"
+    assert {n: t.timer for n, t in timings.items()} == {
+        "graphed": "cuda_graph",
+        "train": "cuda_event",
+        "uncapturable": "cuda_event",
+        "also_graphed": "cuda_graph",
+    }
+    assert timings["train"].note.startswith("timed eagerly: not CUDA-graph capturable")
+    assert timings["uncapturable"].note == (
+        "cuda_graph unavailable, timed eagerly: RuntimeError: operation not permitted when stream is capturing"
+    )
+    assert all(t.error is None and len(t.samples_ms) >= 2 for t in timings.values())
+
+
+def test_no_capture_without_cuda_graph(cuda):
+    settings = TimingSettings(**{**SETTINGS.__dict__, "cuda_graph": False, "cache": "warm"})
+    timing_ = time_rows({"eager": cuda.row("eager")}, CUDA, settings)["eager"]
+    assert ("capture", "eager") not in cuda.events and timing_.timer == "cuda_event" and timing_.note is None
+
+
+def test_cuda_budget_counts_the_whole_block_not_only_the_timed_calls(cuda):
+    # Each call is instant but its reset (outside the samples) takes 5 ms: a 30 ms budget allows a few samples,
+    # not max_reps of them, as on CPU (tests/suites/test_measure.py).
+    settings = TimingSettings(budget_ms=30, min_time_ms=1000, warmup_ms=0, min_reps=2, max_reps=100, cache="warm")
+    row = cuda.row("quick", resets=[lambda: time.sleep(0.005)])
+    timing_ = time_rows({"quick": row}, CUDA, settings)["quick"]
+    assert 2 <= len(timing_.samples_ms) < 15, "the budget ended it, not max_reps"
