@@ -73,7 +73,8 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from reports.compare import CompareInputError, compare_runs, parse_alpha, parse_seed, parse_threshold
+    from reports.compare import CompareInputError, compare_runs
+    from reports.compare_options import parse_alpha, parse_seed, parse_threshold
 
     try:
         threshold, alpha, seed = parse_threshold(args.threshold), parse_alpha(args.alpha), parse_seed(args.seed)

@@ -15,7 +15,6 @@ listed. Every test runs batched over the rows of equal sample counts, so 200k ro
 
 from __future__ import annotations
 
-import math
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_all_start_methods, get_context
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from reports.cells import fmt_ms, fmt_value
+from reports.cells import fmt_value
 from reports.disturbed import reasons_by_point
 from reports.facets import GROUP_COLUMNS, POINT_COLUMNS, group_label, point_key, row_group_labels
 from reports.load import load_run, paused_gc, samples_column
@@ -97,88 +96,9 @@ class Comparison:
         return 1 if lost or (self.strict and self.disturbed) else 0
 
     def markdown(self) -> str:
-        unit = "ms" if self.metric == "latency" else f"x {REFERENCE}"
-        lines = [
-            f"### moe-bench compare (metric {self.metric}, threshold {self.threshold:.1%}, alpha {self.alpha:g})",
-            "",
-            "| point | impl | base | new | change | 95% CI | p | verdict |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        order = {v: i for i, v in enumerate(VERDICTS)}
-        for p in sorted(self.points, key=lambda p: (order[p.verdict], -p.change)):
-            base, new = (
-                (fmt_ms(p.base), fmt_ms(p.new)) if self.metric == "latency" else (f"{p.base:.4g}", f"{p.new:.4g}")
-            )
-            verdict = f"**{p.verdict}**" if p.verdict == "slower" else p.verdict
-            if p.note:
-                verdict += f" ({p.note})".replace("|", "\\|")
-            ci = f"{p.ci[0]:.3f}-{p.ci[1]:.3f}" if np.isfinite(p.ci[0]) else "-"
-            lines.append(f"| {p.point} | {p.impl} | {base} | {new} | {p.change:.3f}x | {ci} | {p.p:.2g} | {verdict} |")
-        lines.append("")
-        lines.append(f"base and new are medians in {unit}; change = new / base.")
-        if self.broken:
-            lines += [
-                "",
-                "Points that were ok in BASE and fail in NEW:",
-                "",
-                "| point | impl | status | reason |",
-                "|---|---|---|---|",
-            ]
-            lines += [f"| {pt} | {impl} | {st} | {why} |" for pt, impl, st, why in self.broken]
-        lines += _listed(self.only_base, "Rows of BASE missing from NEW (a lost row fails the comparison):")
-        lines += _listed(self.only_new, "Rows only in NEW (new points or implementations; not compared):")
-        lines += [f"\nNote: {n}" for n in self.notes]
-        counts = ", ".join(f"{self.count(v)} {v}" for v in VERDICTS)
-        status = "FAIL" if self.exit_code else "PASS"
-        disturbed = f" ({self.disturbed} of them disturbed, no verdict{'; --strict fails them' * self.strict})"
-        lines.append(
-            f"\n**{status}**: {len(self.points)} compared: {counts}{disturbed * bool(self.disturbed)}; "
-            f"{len(self.broken)} newly failing; {len(self.only_base)} missing from NEW; {len(self.only_new)} only in NEW."
-        )
-        return "\n".join(lines) + "\n"
+        from reports.compare_text import comparison_markdown
 
-
-def _listed(rows: list[tuple[str, str, str]], title: str) -> list[str]:
-    if not rows:
-        return []
-    lines = ["", title, "", "| point | impl | status |", "|---|---|---|"]
-    lines += [f"| {pt} | {impl} | {status} |" for pt, impl, status in rows[:MAX_LISTED]]
-    if len(rows) > MAX_LISTED:
-        lines.append(f"\n... and {len(rows) - MAX_LISTED} more rows not listed.")
-    return lines
-
-
-def parse_threshold(text: str | float) -> float:
-    """'5%', '5' and '0.05' all mean 5%: values above 1 are percentages."""
-    raw = str(text).strip()
-    try:
-        value = float(raw.rstrip("%"))
-    except ValueError:
-        raise CompareInputError(f"--threshold: expected a threshold such as 5% or 0.05, got {raw!r}") from None
-    if raw.endswith("%") or value > 1:
-        value /= 100
-    if not 0 < value < 10:  # also refuses nan and inf
-        raise CompareInputError(f"--threshold: expected a positive finite threshold below 1000%, got {raw!r}")
-    return value
-
-
-def parse_alpha(text: str | float) -> float:
-    """The significance level: strictly between 0 and 1 (nan, inf, 0 and 1 would test nothing)."""
-    raw = str(text).strip()
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not 0 < value < 1:
-        raise CompareInputError(f"--alpha: expected a significance level between 0 and 1 such as 0.01, got {raw!r}")
-    return value
-
-
-def parse_seed(text: str | int) -> int:
-    raw = str(text).strip()
-    if not raw.isdecimal():
-        raise CompareInputError(f"--seed: expected a non-negative integer, got {raw!r}")
-    return int(raw)
+        return comparison_markdown(self)
 
 
 def compare_runs(base_dir, new_dir, **options) -> Comparison:

@@ -22,9 +22,9 @@ from moe_impls.config import MoEConfig
 from moe_impls.expert_parallel import EPTraffic, ExpertParallelMoE
 from moe_impls.sort_group import SortGroupMoE
 from moe_impls.weights import MoEWeights
+from suites.cuda_timing import L2Flush
 from suites.ep_stages import timed_forward
 from suites.schema import STAGES
-from suites.timing import L2Flush
 from suites.timing_settings import TimingSettings
 
 

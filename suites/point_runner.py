@@ -14,12 +14,10 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
 import torch
 
-import moe_impls
-from moe_impls import BASELINES, DenseFFN, MoEConfig, MoEWeights
+from moe_impls import MoEWeights
 from suites import fit
 from suites.cache import last_level_cache_bytes
 from suites.calls import check_call
@@ -28,9 +26,9 @@ from suites.copies import CopyBudget, build_copies
 from suites.failures import ROW_FAILURES, failed_row, failure_status, one_line, release, row_family
 from suites.figures import energy_columns, row_figures
 from suites.integrity import SharedTensors
-from suites.memory import available_bytes
 from suites.nvml import NVML
 from suites.reference import error_and_tolerance, reference_layer
+from suites.shape_cache import ShapeCache
 from suites.suite_model import Point
 from suites.watch import WatchedTimer
 from suites.worker import WorkerSpec
@@ -38,18 +36,9 @@ from suites.worker import WorkerSpec
 Report = Callable[[str, list[str], float], None]  # (stage, rows, seconds allowed) -> None
 
 
-@dataclass
-class KeptShape:
-    """What the worker keeps while consecutive points share a shape, dtype and seed (a sweep over token counts,
-    modes or routings): the weights, and each dense baseline built so far, by (name, width)."""
-
-    key: tuple
-    weights: MoEWeights
-    baselines: dict[tuple[str, int], DenseFFN] = field(default_factory=dict)
-
-
 class PointRunner:
-    """Keeps what outlives one point in a worker: peaks, the canary and its start-of-run time, the weights."""
+    """Keeps what outlives one point in a worker: peaks, the canary and its start-of-run time, the shape's weights
+    and baselines (suites/shape_cache.py)."""
 
     def __init__(self, spec: WorkerSpec, report: Report | None = None) -> None:
         from suites.peaks import measure_peaks
@@ -59,7 +48,7 @@ class PointRunner:
         self.nvml = NVML(self.device)
         self.llc_bytes, self.llc_source = last_level_cache_bytes(self.device)
         self.budget = CopyBudget(self.device, self.timing, self.llc_bytes)
-        self._kept: KeptShape | None = None
+        self.shapes = ShapeCache(self.device, self.seed)
         self._failed_before = False
         measured = dict.fromkeys(("float32", *spec.dtypes))  # float32 always: the canary is sized from its peak
         self.peaks = spec.peaks
@@ -92,8 +81,8 @@ class PointRunner:
                 yield failed_row(base, name, failure_status(exc), f"point setup: {one_line(exc)}")
             return
         shared = SharedTensors.of({**_named(inputs.weights), "input": inputs.x, "grad_out": inputs.grad_out})
-        fits = self._fit(inputs, todo)
-        baselines = self._baselines(inputs, fits)
+        fits = self.shapes.fit(inputs, todo)
+        baselines = self.shapes.baselines_for(inputs, fits)
         pending: list[CheckedRow] = []
         for name in todo:
             row = {**base, "impl": name, "family": row_family(name)}
@@ -113,7 +102,7 @@ class PointRunner:
     def _setup(self, point: Point) -> tuple[PointInputs, Reference]:
         dtype = getattr(torch, point.dtype)
         x, grad_out = self._inputs(point, dtype, self.seed)
-        weights = self._point_weights(point.moe_config(), dtype)
+        weights = self.shapes.weights(point.moe_config(), dtype)
         ref_name, layer = reference_layer(weights, x)
         ref_out, ref_grad, ref_routing = check_call(layer, x, grad_out, point.mode)
         call = fit.call_of(point, fit.max_load(point, ref_routing.tokens_per_expert_E))
@@ -224,67 +213,6 @@ class PointRunner:
         gen = torch.Generator(device=self.device).manual_seed(seed)
         shape, where = (point.tokens, point.d_model), dict(device=self.device, dtype=dtype)
         return torch.randn(shape, generator=gen, **where), torch.randn(shape, generator=gen, **where)
-
-    def _point_weights(self, cfg: MoEConfig, dtype: torch.dtype) -> MoEWeights:
-        """The point's weights; the previous point's when the shape and dtype are equal (only tokens, mode or
-        routing changed), so a sweep over token counts builds them once."""
-        key = (cfg.d_model, cfg.d_ff, cfg.num_experts, cfg.activation, cfg.router, dtype, self.seed)
-        if self._kept is not None and self._kept.key == key:
-            weights = self._kept.weights
-            weights.cfg = cfg  # same tensors; routing settings (top_k, capacity, synthetic skew) are the point's
-            return weights
-        self._kept = None
-        release()
-        self._kept = KeptShape(key, MoEWeights(cfg, device=self.device, dtype=dtype, seed=self.seed))
-        return self._kept.weights
-
-    def _fit(self, inputs: PointInputs, todo: list[str]) -> dict[str, tuple[str | None, int | None]]:
-        """Each row's skip reason and predicted call bytes, decided before anything of the point's rows is
-        built (suites/fit.py): what is free now, counting the baselines kept from earlier points as free,
-        since a baseline that does not fit is evicted."""
-        point, call = inputs.point, inputs.call
-        kept = self._kept.baselines
-        free = available_bytes(self.device)
-        if free is not None:
-            free += sum(sum(t.numel() * t.element_size() for t in b.parameters()) for b in kept.values())
-        impls, unsupported, baselines = {}, {}, {}
-        for name in todo:
-            if row_family(name) == "dense":
-                weights = fit.baseline_weight_bytes(name, call)
-                baselines[name] = fit.Baseline(weights, fit.predicted_bytes(name, point, call))
-                continue
-            try:
-                unsupported[name] = moe_impls.resolve(name).unsupported(point.moe_config())
-                impls[name] = None if unsupported[name] else fit.predicted_bytes(name, point, call)
-            except ROW_FAILURES:  # a plug-in that cannot say: its check records the failure
-                unsupported[name], impls[name] = None, None
-        skips = fit.decide(free, impls, baselines, f"available on {self.device.type}")
-        predicted = {**impls, **{n: b.call_bytes for n, b in baselines.items()}}
-        return {n: (unsupported.get(n) or skips[n], predicted[n]) for n in todo}
-
-    def _baselines(self, inputs: PointInputs, fits: dict) -> dict[str, DenseFFN | dict]:
-        """Each dense baseline that fits, kept from an earlier point of the shape or built now, before any
-        implementation is checked (its weights are resident while every row of the point is timed); or, as a
-        finished row, why not: it does not fit (a kept one is evicted), or building it failed."""
-        point, call, kept = inputs.point, inputs.call, self._kept.baselines
-        found: dict[str, DenseFFN | dict] = {}
-        for name, (skip, predicted) in fits.items():
-            if row_family(name) != "dense":
-                continue
-            key = (name, fit.baseline_width(name, call))
-            if skip:
-                if kept.pop(key, None) is not None:
-                    release()
-                found[name] = {"status": "skipped", "error": skip, "predicted_mem_bytes": predicted}
-                continue
-            try:
-                if key not in kept:
-                    cfg = point.moe_config()
-                    kept[key] = BASELINES[name](cfg, device=self.device, dtype=inputs.x.dtype, seed=self.seed)
-                found[name] = kept[key]
-            except ROW_FAILURES as exc:
-                found[name] = {"status": failure_status(exc), "error": f"building it: {one_line(exc)}"}
-        return found
 
     def _restore(self, inputs: PointInputs, with_inputs: bool) -> None:
         """Puts the shared weights (and the input and output gradient) back as the seed made them."""

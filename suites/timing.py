@@ -30,6 +30,8 @@ from functools import partial
 
 import torch
 
+from suites import cuda_timing
+from suites.cuda_timing import L2Flush
 from suites.stats import Stats
 from suites.timing_settings import TimingSettings
 
@@ -85,17 +87,6 @@ def _done(samples: list[float], timed_ms: float, elapsed_ms: float, s: TimingSet
     if timed_ms < s.min_time_ms or len(samples) < CHECK_EVERY:
         return False
     return Stats.of(samples).rel_iqr <= s.rel_iqr_target
-
-
-class L2Flush:
-    """Zeroing a buffer twice the L2 size evicts the previous call's weights, so every call starts cold."""
-
-    def __init__(self, device: torch.device) -> None:
-        l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 64 * 2**20)
-        self.buffer = torch.empty(2 * l2, dtype=torch.int8, device=device)
-
-    def __call__(self) -> None:
-        self.buffer.zero_()
 
 
 class _RowState:
@@ -198,7 +189,7 @@ def _maybe_capture(row: _RowState, cuda: bool, s: TimingSettings) -> None:
         row.timing.note = "timed eagerly: not CUDA-graph capturable (train mode, or host reads in forward)"
         return
     try:
-        row.copies = [_capture(row.copies[0])]
+        row.copies = [cuda_timing.capture_graph(row.copies[0])]
         row.timing.timer = "cuda_graph"
     except Exception as exc:  # e.g. a host sync inside the implementation makes it uncapturable
         torch.cuda.synchronize()
@@ -282,21 +273,6 @@ def _warm_up(row: _RowState, flush: L2Flush | None, s: TimingSettings, cuda: boo
     call_ms = min(times[1:]) * 1e3
     row.block = max(1, min(MAX_BLOCK, int(s.block_ms / max(call_ms, 1e-6))))
     row.reenter = not (s.cache == "cold" and call_ms > REENTRY_MAX_MS)
-
-
-def _capture(fn: Callable[[], object]) -> Callable[[], None]:
-    """The CUDA work of a capture: three calls on a side stream (as torch.cuda.graphs asks), then the graph;
-    its replay runs on the current stream."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph.replay
 
 
 def time_fn(

@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from reports.compare import CompareInputError, compare_frames, parse_threshold
+from reports.compare import CompareInputError, compare_frames
+from reports.compare_options import parse_threshold
 from reports.load import normalise
 from suites.cli import main
 from tests.reports import synth

@@ -10,7 +10,7 @@ import torch
 
 from analysis import devices
 from moe_impls import DenseFFN, MoEConfig, MoEWeights
-from suites import fit, plan, point_runner, spec
+from suites import fit, plan, point_runner, shape_cache, spec
 from suites.memory import measure_cpu
 from suites.timing_settings import TimingSettings
 from suites.worker import WorkerSpec
@@ -47,14 +47,14 @@ def test_a_shapes_baselines_are_built_once_and_kept_across_its_points():
     for point in points:
         rows = list(runner.run(point, ["sort_group", "param_matched"]))
         assert [r["status"] for r in rows] == ["ok", "ok"], rows
-        for key, layer in runner._kept.baselines.items():
+        for key, layer in runner.shapes.baselines.items():
             seen.setdefault(key[0], set()).add(id(layer))
     assert {name: len(ids) for name, ids in seen.items()} == {"param_matched": 1}
 
 
 def test_the_runner_skips_a_built_in_whose_footprint_would_not_fit(monkeypatch):
     point = spec.load(str(TINY)).points[0]
-    monkeypatch.setattr(point_runner, "available_bytes", lambda device: 1000)
+    monkeypatch.setattr(shape_cache, "available_bytes", lambda device: 1000)
     rows = {r["impl"]: r for r in _runner().run(point, ["sort_group", "padded", "flop_matched"])}
     for name, row in rows.items():
         assert row["status"] == "skipped" and "predicted" in row["error"] and "GB" in row["error"], name
@@ -65,15 +65,15 @@ def test_a_baseline_whose_weights_would_crowd_an_implementation_is_skipped_and_e
     point = spec.load(str(TINY)).points[0]
     runner = _runner()
     first = {r["impl"]: r for r in runner.run(point, ["sort_group", "param_matched"])}
-    assert [r["status"] for r in first.values()] == ["ok", "ok"] and runner._kept.baselines
+    assert [r["status"] for r in first.values()] == ["ok", "ok"] and runner.shapes.baselines
     moe_call, dense_weights = first["sort_group"]["predicted_mem_bytes"], first["param_matched"]["weight_bytes"]
     # sort_group fits alone, not beside the baseline's weights; the kept baseline's bytes count as free
     total = int(moe_call / fit.MEMORY_HEADROOM + dense_weights / 2)
-    monkeypatch.setattr(point_runner, "available_bytes", lambda device: total - dense_weights)
+    monkeypatch.setattr(shape_cache, "available_bytes", lambda device: total - dense_weights)
     rows = {r["impl"]: r for r in runner.run(point, ["sort_group", "param_matched"])}
     assert rows["sort_group"]["status"] == "ok"
     assert rows["param_matched"]["status"] == "skipped" and "GB" in rows["param_matched"]["error"]
-    assert runner._kept.baselines == {}
+    assert runner.shapes.baselines == {}
 
 
 def test_decide_keeps_baselines_in_order_while_the_largest_implementation_still_fits():

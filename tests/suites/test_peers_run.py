@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from suites import point_runner, spec
+from suites import shape_cache, spec
 from suites.cli import main
 from suites.runner import Runner
 from tests.moe_impls.test_plugins import PLUGIN, install_entry_points
@@ -39,7 +39,7 @@ def test_peers_and_plugins_both_ways_are_checked_and_timed(tiny_suite, tmp_path,
 
 
 def test_batched_mm_that_cannot_fit_is_skipped_with_its_reason_and_the_sweep_goes_on(tiny_suite, tmp_path, monkeypatch):
-    monkeypatch.setattr(point_runner, "available_bytes", lambda device: 50_000)
+    monkeypatch.setattr(shape_cache, "available_bytes", lambda device: 50_000)
     suite = spec.load(str(tiny_suite))
     impls = ["hf_batched_mm", "hf_grouped_mm"]
     summary = Runner(suite, torch.device("cpu"), tmp_path, impls, [], progress=False, isolate=False).run()

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from suites import timing
+from suites import cuda_timing
 from suites.timing import RowCalls, time_rows
 from suites.timing_settings import TimingSettings
 
@@ -34,7 +34,7 @@ class _FakeCuda:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.events: list[tuple[str, str]] = []
         self.names: dict = {}  # a row's call -> its name, for the capture
-        monkeypatch.setattr(timing, "_capture", self.capture)
+        monkeypatch.setattr(cuda_timing, "capture_graph", self.capture)
         monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
         monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
 
