@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from analysis.exact_counts import NUM_EXPERTS_KEYS, TOP_K_KEYS
+
 
 def si(n: float, unit: str = "") -> str:
     """12880000000 -> '12.88B': three significant decimals, so small and large models read alike."""
@@ -27,6 +29,79 @@ def gflop(n: int) -> str:
 def as_published(n: float) -> str:
     """46.7e9 -> '46.7B': the figure with the digits it was published with."""
     return f"{n / 1e9:g}B" if n >= 1e9 else f"{n / 1e6:g}M"
+
+
+def format_text(r: dict[str, Any]) -> str:
+    """The whole terminal text of `calc.report`: our formula's table, then the exact counts beside it."""
+    cmp = r["comparison"]
+    if r["formula"] is None:
+        lines = [f"{r['model']} ({r['input']}): our formula cannot express it: {r['formula_error']}"]
+    else:
+        lines = [format_report(r["formula"])]
+        if cmp is not None and cmp["differs"]:  # first, so that no one reads the formula's figures unwarned
+            lines.insert(0, f"!! {_disagree(cmp)}: the formula's figures below are off; see the exact counts")
+        if r["formula_from"] == "text_config":
+            lines.append("(our formula read the text_config of this composite config)")
+    if r["exact"] is not None:
+        lines += ["", *_exact(r)]
+    elif r["input"] != "preset":
+        lines += ["", f"exact counts: none: {r['exact_error']}"]
+    return "\n".join(lines)
+
+
+def _exact(r: dict[str, Any]) -> list[str]:
+    """The exact counts of transformers' model, beside the formula's where there is one, differences marked."""
+    ex, cmp = r["exact"], r["comparison"]
+    top_k, experts = ex["top_k"], ex["num_experts"]
+    built = "" if ex["built_from"] == "config" else " from the text_config"
+    lines = [
+        f"exact counts: transformers {ex['model_class']}{built} on the meta device ({ex['build_s']:.2f} s); "
+        f"routed experts: {ex['experts_rule']}"
+    ]
+    if ex["breakdown"]["routed_experts"]:
+        if top_k and experts:
+            lines.append(
+                f"active = total - routed x (1 - {top_k['value']}/{experts['value']}): top_k from "
+                f"{top_k['key']}, experts from {experts['key']}"
+            )
+        else:
+            missing = [keys for keys, v in ((TOP_K_KEYS, top_k), (NUM_EXPERTS_KEYS, experts)) if v is None]
+            lines.append(f"active: unknown, the config sets none of {', '.join(k for ks in missing for k in ks)}")
+    keys = [*ex["breakdown"], "total", "active"]
+    label = {"active": "active / token"}
+    if cmp is None:
+        counts = {**ex["breakdown"], "total": ex["total_params"], "active": ex["active_params"]}
+        lines.append(f"{'component':<16}{'exact':>14}")
+        lines += [f"{label.get(k, k):<16}{_count(counts[k]):>14}" for k in keys if counts[k] != 0]
+    else:
+        lines.append(f"{'component':<16}{'formula':>14}{'exact':>14}{'formula/exact-1':>17}")
+        for key in keys:
+            row = cmp["rows"][key]
+            if row["formula"] == 0 and row["exact"] == 0:
+                continue
+            mark = f"   <- differs (> {cmp['threshold']:.1%})" if row["differs"] else ""
+            lines.append(
+                f"{label.get(key, key):<16}{si(row['formula']):>14}{_count(row['exact']):>14}"
+                f"{_pct(row['rel_diff']):>17}{mark}"
+            )
+        if cmp["differs"]:
+            lines.append(_disagree(cmp))
+    active_bytes = "n/a" if ex["active_weight_bytes"] is None else gb(ex["active_weight_bytes"])
+    lines.append(f"exact weights ({r['dtype']}): {gb(ex['weight_bytes'])} resident, {active_bytes} active per token")
+    return lines
+
+
+def _disagree(cmp: dict[str, Any]) -> str:
+    t, a = cmp["rows"]["total"], cmp["rows"]["active"]
+    return f"our formula and transformers disagree: total {_pct(t['rel_diff'])}, active {_pct(a['rel_diff'])}"
+
+
+def _count(n: int | None) -> str:
+    return "n/a" if n is None else si(n)
+
+
+def _pct(rel: float | None) -> str:
+    return "n/a" if rel is None else f"{rel:+.2%}"
 
 
 def format_report(r: dict[str, Any]) -> str:

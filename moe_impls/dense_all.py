@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from moe_impls.dispatch import Dispatch
-from moe_impls.experts import activate
+from moe_impls.experts import add_bias
 from moe_impls.layer import MoELayer
 from moe_impls.registry import register
 from moe_impls.routing import RoutingRecord
@@ -31,7 +31,9 @@ class DenseAllMoE(MoELayer):
         return x_TD, Dispatch(num_tokens=T, token_idx_N=token_idx_N, weight_N=weight_N, computed_rows=E * T)
 
     def expert_outputs(self, x_TD: torch.Tensor, dispatch: Dispatch) -> torch.Tensor:
-        experts = self.weights.experts
-        h_ETH = torch.matmul(x_TD, experts.w_in_EHD.transpose(1, 2))
-        out_ETD = torch.matmul(activate(h_ETH, self.cfg.activation), experts.w_out_EDF.transpose(1, 2))
+        experts = self.experts
+        h_ETH = add_bias(torch.matmul(x_TD, experts.w_in_EHD.transpose(1, 2)), experts.bias_in_EH)
+        out_ETD = add_bias(
+            torch.matmul(experts.activate(h_ETH), experts.w_out_EDF.transpose(1, 2)), experts.bias_out_ED
+        )
         return out_ETD.reshape(-1, x_TD.shape[-1])

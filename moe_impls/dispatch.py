@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from moe_impls.routing import RoutingRecord
+from moe_impls.routing import Assignments
 
 
 @dataclass(frozen=True)
@@ -32,16 +32,17 @@ class SortedDispatch(Dispatch):
     """Rows sorted by expert (stable): expert e's rows are one contiguous segment of tokens_per_expert_E[e]."""
 
     tokens_per_expert_E: torch.Tensor  # int64, on the device
+    expert_idx_N: torch.Tensor  # int64, each row's expert (sorted): where a per-expert bias is gathered from
 
     def offsets_E(self) -> torch.Tensor:
         """int32 [E]: the end of each expert's segment, the `offs` that grouped_mm takes."""
         return torch.cumsum(self.tokens_per_expert_E, 0).to(torch.int32)
 
 
-def sort_by_expert(x_TD: torch.Tensor, routing: RoutingRecord) -> SortedDispatch:
+def sort_by_expert(x_TD: torch.Tensor, routing: Assignments) -> SortedDispatch:
     """The assignments ordered by expert (stable, so each expert keeps token order); no host sync."""
     with torch.no_grad():
-        order_N = torch.sort(routing.expert_idx_N, stable=True).indices
+        expert_idx_N, order_N = torch.sort(routing.expert_idx_N, stable=True)
         token_idx_N = routing.token_idx_N[order_N]
     return SortedDispatch(
         num_tokens=x_TD.shape[0],
@@ -49,6 +50,7 @@ def sort_by_expert(x_TD: torch.Tensor, routing: RoutingRecord) -> SortedDispatch
         weight_N=routing.weight_N[order_N],
         computed_rows=token_idx_N.numel(),
         tokens_per_expert_E=routing.tokens_per_expert_E,
+        expert_idx_N=expert_idx_N,
     )
 
 

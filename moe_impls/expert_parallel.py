@@ -123,6 +123,7 @@ class EPDispatch(SortedDispatch):
     """
 
     regroup_M: torch.Tensor | None  # received (source-major) order -> local-expert-major; None with L = 1
+    # expert_idx_N is the received side too: [M], each expert-major row's local expert
     traffic: EPTraffic  # the splits of both all-to-alls: rows_sent_R out and rows_received_R back
 
     @property
@@ -195,7 +196,7 @@ class ExpertParallelMoE(SortGroupMoE):
             dist.all_to_all_single(recv_counts_RL, tokens_per_expert_E.contiguous(), group=self.group)
             recv_counts_RL = recv_counts_RL.view(R, L)
             send_R, recv_R = torch.stack([tokens_per_expert_E.view(R, L).sum(1), recv_counts_RL.sum(1)]).tolist()
-            regroup_M = self._regroup(recv_counts_RL, sum(recv_R))
+            regroup_M, local_expert_M = self._regroup(recv_counts_RL, sum(recv_R))
         x_MD = _AllToAll.apply(x_TD[token_idx_N], send_R, recv_R, self.group)
         if regroup_M is not None:
             x_MD = x_MD[regroup_M]
@@ -212,6 +213,7 @@ class ExpertParallelMoE(SortGroupMoE):
             weight_N=routing.weight_N[order_N],
             computed_rows=x_MD.shape[0],
             tokens_per_expert_E=recv_counts_RL.sum(0),
+            expert_idx_N=local_expert_M,
             regroup_M=regroup_M,
             traffic=traffic,
         )
@@ -227,15 +229,17 @@ class ExpertParallelMoE(SortGroupMoE):
         return combine(out_ND, sent).to(self.weights.dtype)
 
     @staticmethod
-    def _regroup(recv_counts_RL: torch.Tensor, rows_received: int) -> torch.Tensor | None:
+    def _regroup(recv_counts_RL: torch.Tensor, rows_received: int) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Received rows come source-major, (rank, local expert); the grouped matmul wants expert-major.
 
-        Returns the permutation to expert-major, or None when there is one local expert (already in order).
-        `rows_received` (M, read on the host with the splits) sizes the expansion, so it reads nothing back.
+        Returns the permutation to expert-major (None when there is one local expert: already in order) and each
+        expert-major row's local expert. `rows_received` (M, read on the host with the splits) sizes the
+        expansion, so it reads nothing back.
         """
         R, L = recv_counts_RL.shape
         if L == 1:
-            return None
+            return None, torch.zeros(rows_received, dtype=torch.int64, device=recv_counts_RL.device)
         local_expert_RL = torch.arange(L, device=recv_counts_RL.device).repeat(R)
         local_expert_M = torch.repeat_interleave(local_expert_RL, recv_counts_RL.reshape(-1), output_size=rows_received)
-        return torch.sort(local_expert_M, stable=True).indices
+        in_order, regroup_M = torch.sort(local_expert_M, stable=True)
+        return regroup_M, in_order

@@ -17,8 +17,8 @@ from torch import nn
 
 from moe_impls.config import MoEConfig
 from moe_impls.dispatch import Dispatch, combine
-from moe_impls.routing import Router, RoutingRecord
-from moe_impls.weights import MoEWeights
+from moe_impls.routing import Assignments, Router, RoutingRecord
+from moe_impls.weights import ExpertWeights, MoEWeights
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,12 +66,17 @@ class MoELayer(nn.Module):
         """
         return False
 
-    def compute_experts(self, x_TD: torch.Tensor, routing: RoutingRecord) -> tuple[torch.Tensor, int]:
+    @property
+    def experts(self) -> ExpertWeights:
+        """The experts' weights and math (moe_impls/weights.py ExpertWeights, or a transformers module's view)."""
+        return self.weights.experts
+
+    def compute_experts(self, x_TD: torch.Tensor, routing: Assignments) -> tuple[torch.Tensor, int]:
         """The combined expert output [T, D] (fp32 or the input dtype) and the rows the matmuls computed."""
         rows, dispatch = self.dispatch(x_TD, routing)
-        return combine(self.expert_outputs(rows, dispatch), dispatch), dispatch.computed_rows
+        return combine(self.experts.finish(self.expert_outputs(rows, dispatch)), dispatch), dispatch.computed_rows
 
-    def dispatch(self, x_TD: torch.Tensor, routing: RoutingRecord) -> tuple[torch.Tensor, Dispatch]:
+    def dispatch(self, x_TD: torch.Tensor, routing: Assignments) -> tuple[torch.Tensor, Dispatch]:
         """The rows the experts take, in the layout `expert_outputs` wants, and where each output row goes back."""
         raise NotImplementedError
 

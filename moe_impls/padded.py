@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import torch
 
 from moe_impls.dispatch import Dispatch
-from moe_impls.experts import activate
+from moe_impls.experts import add_bias
 from moe_impls.layer import MoELayer
 from moe_impls.registry import register
-from moe_impls.routing import RoutingRecord, position_in_expert
+from moe_impls.routing import Assignments, position_in_expert
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class PaddedDispatch(Dispatch):
 
 @register("padded")
 class PaddedMoE(MoELayer):
-    def dispatch(self, x_TD: torch.Tensor, routing: RoutingRecord) -> tuple[torch.Tensor, PaddedDispatch]:
+    def dispatch(self, x_TD: torch.Tensor, routing: Assignments) -> tuple[torch.Tensor, PaddedDispatch]:
         T, D = x_TD.shape
         E = self.cfg.num_experts
         capacity = self.cfg.capacity(T)
@@ -43,7 +43,7 @@ class PaddedMoE(MoELayer):
         return buffer_ECD, dispatch
 
     def expert_outputs(self, buffer_ECD: torch.Tensor, dispatch: PaddedDispatch) -> torch.Tensor:
-        experts = self.weights.experts
-        h_ECH = torch.bmm(buffer_ECD, experts.w_in_EHD.transpose(1, 2))
-        out_ECD = torch.bmm(activate(h_ECH, self.cfg.activation), experts.w_out_EDF.transpose(1, 2))
+        experts = self.experts
+        h_ECH = add_bias(torch.bmm(buffer_ECD, experts.w_in_EHD.transpose(1, 2)), experts.bias_in_EH)
+        out_ECD = add_bias(torch.bmm(experts.activate(h_ECH), experts.w_out_EDF.transpose(1, 2)), experts.bias_out_ED)
         return out_ECD.view(dispatch.computed_rows, out_ECD.shape[-1])[dispatch.slot_N]

@@ -19,13 +19,30 @@ from moe_impls.weights import MoEWeights
 
 
 @dataclass(frozen=True)
-class RoutingRecord:
-    """What the router decided for one forward, plus what the balance statistics and losses need."""
+class Assignments:
+    """Which expert computes each assignment and its weight: all that dispatch and combine read, whether our
+    router decided it or a transformers model's own (`from_top_k`)."""
 
     token_idx_N: torch.Tensor  # int64
     expert_idx_N: torch.Tensor  # int64
     weight_N: torch.Tensor  # fp32, multiplies expert output in combine
     tokens_per_expert_E: torch.Tensor  # int64, assignments each expert computes
+
+    @classmethod
+    def from_top_k(cls, expert_idx_TK: torch.Tensor, weight_TK: torch.Tensor, num_experts: int) -> Assignments:
+        """Every token's K choices, token by token (as our token-choice router orders them); no host sync."""
+        with torch.no_grad():
+            T, K = expert_idx_TK.shape
+            token_idx_N = torch.arange(T * K, device=expert_idx_TK.device) // K
+            expert_idx_N = expert_idx_TK.reshape(-1).long()
+            counts_E = count_per_expert(expert_idx_N, num_experts)
+        return cls(token_idx_N, expert_idx_N, weight_TK.reshape(-1).float(), counts_E)
+
+
+@dataclass(frozen=True)
+class RoutingRecord(Assignments):
+    """What the router decided for one forward, plus what the balance statistics and losses need."""
+
     num_dropped: torch.Tensor  # int64 scalar, assignments dropped by capacity
     logits_TE: torch.Tensor  # fp32 router logits (noisy top-k: the noisy logits H)
     probs_TE: torch.Tensor  # fp32 router probabilities (sigmoid top-k: the sigmoid scores)

@@ -11,10 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from moe_impls.dispatch import SortedDispatch, sort_by_expert
-from moe_impls.experts import activate
 from moe_impls.layer import MoELayer
 from moe_impls.registry import register
-from moe_impls.routing import RoutingRecord
+from moe_impls.routing import Assignments
 
 
 def grouped_mm_supported(x_NI: torch.Tensor, w_EOI: torch.Tensor) -> bool:
@@ -39,20 +38,20 @@ class SortGroupMoE(MoELayer):
     @property
     def capturable(self) -> bool:
         """Both grouped GEMMs run in torch's kernel (the fallback splits on host-side counts) and routing is sync-free."""
-        w = self.weights.experts
+        w = self.experts
         kernel = grouped_mm_supported(w.w_in_EHD[0], w.w_in_EHD) and grouped_mm_supported(w.w_out_EDF[0], w.w_out_EDF)
         return self.routing_capturable and kernel
 
-    def dispatch(self, x_TD: torch.Tensor, routing: RoutingRecord) -> tuple[torch.Tensor, SortedDispatch]:
+    def dispatch(self, x_TD: torch.Tensor, routing: Assignments) -> tuple[torch.Tensor, SortedDispatch]:
         """x_ND, the assignments' rows gathered into contiguous per-expert segments."""
         dispatch = sort_by_expert(x_TD, routing)
         return x_TD[dispatch.token_idx_N], dispatch
 
     def expert_outputs(self, x_ND: torch.Tensor, dispatch: SortedDispatch) -> torch.Tensor:
-        experts = self.weights.experts
-        offsets_E = dispatch.offsets_E()
-        h_NH = self.grouped_mm(x_ND, experts.w_in_EHD, offsets_E)
-        return self.grouped_mm(activate(h_NH, self.cfg.activation), experts.w_out_EDF, offsets_E)
+        experts, offsets_E = self.experts, dispatch.offsets_E()
+        h_NH = _plus(self.grouped_mm(x_ND, experts.w_in_EHD, offsets_E), experts.bias_in_EH, dispatch)
+        out_ND = self.grouped_mm(experts.activate(h_NH), experts.w_out_EDF, offsets_E)
+        return _plus(out_ND, experts.bias_out_ED, dispatch)
 
     def grouped_mm(self, x_NI: torch.Tensor, w_EOI: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:
         """Rows of segment e (ending at offsets_E[e]) times w_EOI[e].T -> [N, O]."""
@@ -61,3 +60,8 @@ class SortGroupMoE(MoELayer):
         counts = torch.diff(offsets_E, prepend=offsets_E.new_zeros(1)).tolist()
         segments = torch.split(x_NI, counts)
         return torch.cat([seg @ w_EOI[e].t() for e, seg in enumerate(segments)])
+
+
+def _plus(y_NO: torch.Tensor, bias_EO: torch.Tensor | None, dispatch: SortedDispatch) -> torch.Tensor:
+    """Each row's expert's bias."""
+    return y_NO if bias_EO is None else y_NO + bias_EO[dispatch.expert_idx_N]

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from moe_impls.config import MoEConfig
+from moe_impls.experts import activate
 
 
 class RouterWeights(nn.Module):
@@ -32,7 +33,9 @@ class RouterWeights(nn.Module):
 
 
 class ExpertWeights(nn.Module):
-    """Stacked expert FFN weights."""
+    """Stacked expert FFN weights, and the math between them: what every implementation's experts compute
+    (`w_in_EHD`, `w_out_EDF`, optional biases, `activate`, `finish`). transformers' experts modules offer the
+    same through moe_impls/hf_experts.py, so one implementation runs on either."""
 
     def __init__(self, cfg: MoEConfig, device: torch.device | str | None, dtype: torch.dtype) -> None:
         super().__init__()
@@ -53,6 +56,16 @@ class ExpertWeights(nn.Module):
     @property
     def w_out_EDF(self) -> torch.Tensor:
         return self.down_proj
+
+    bias_in_EH = bias_out_ED = None  # our experts have no biases (a transformers model's may: moe_impls/hf_experts.py)
+
+    def activate(self, h_NH: torch.Tensor) -> torch.Tensor:
+        """[N, H] -> [N, F]: SwiGLU or GELU."""
+        return activate(h_NH, self.activation)
+
+    def finish(self, out_ND: torch.Tensor) -> torch.Tensor:
+        """What follows the second projection of every row, before its routing weight: nothing here."""
+        return out_ND
 
 
 class MoEWeights(nn.Module):

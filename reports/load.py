@@ -47,6 +47,7 @@ TEXT_COLUMNS = (
     "mem_kind",
     "energy_note",
     "shape",
+    "model",
     "cache",
     "cache_note",
     "timer_note",

@@ -9,7 +9,14 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("suites.commands", "suites.gpu_smoke", "reports.cli", "analysis.calc", "suites.experiment_commands")
+COMMAND_MODULES = (
+    "suites.commands",
+    "suites.gpu_smoke",
+    "reports.cli",
+    "analysis.calc",
+    "suites.experiment_commands",
+    "suites.models_command",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,12 +15,10 @@ import pandas as pd
 import torch
 
 import moe_impls
-from suites import ep_launch, ep_run, results, spec
-from suites.impl_names import why_not_buildable, why_not_runnable
+from suites import ep_launch, ep_run, results, run_selection, spec
 from suites.results import ResultsError, ResultsWriteError
 from suites.runner import Runner, resolve_device
 from suites.schema import DENSE_BASELINES
-from suites.spec_fields import first_repeat
 from suites.suite_model import Suite
 
 DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]+)?")  # checked before torch.device, which raises RuntimeError
@@ -52,6 +50,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--nproc", type=int, help="expert-parallel suites: launch N ranks through torch.distributed.run (see ep_run)"
     )
+    run.add_argument(
+        "--model",
+        metavar="MODEL",
+        help="a transformers model_type or config.json: time its own MoE block under every experts implementation",
+    )
+    run.add_argument("--tokens", help="with --model: comma-separated token counts (default 1,16,128,512)")
+    run.add_argument(
+        "--dtype", help="with --model: float32, bfloat16 or float16 (default: bfloat16 on CUDA, else float32)"
+    )
+    run.add_argument("--mode", help="with --model: forward, train or forward,train (default forward)")
     run.add_argument(
         "--plan", action="store_true", help="run nothing: predict every row's memory and time, and the total"
     )
@@ -99,8 +107,8 @@ def _print_plan(suite: Suite, args: argparse.Namespace, device: torch.device) ->
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         device = _device(args.device)
-        suite = spec.load(args.suite if args.suite is not None else ("gpu" if device.type == "cuda" else "cpu"))
-        impls, baselines = _selection(args, suite)
+        suite = run_selection.model_suite(args, device) if args.model else run_selection.named_suite(args, device)
+        impls, baselines = run_selection.selection(args, suite)
         if args.plan:
             return _print_plan(dataclasses.replace(suite, impls=tuple(impls), baselines=tuple(baselines)), args, device)
         out = _out_dir(args, suite)
@@ -133,35 +141,6 @@ def _device(text: str) -> torch.device:
     return device
 
 
-def _selection(args: argparse.Namespace, suite: Suite) -> tuple[list[str], list[str]]:
-    """Implementations and baselines to run: the suite's, or --only's, plus each --impl. A name given twice
-    would write its rows twice, so it is refused like an unknown one."""
-    impls, baselines = list(suite.impls), list(suite.baselines)
-    if args.only is not None:
-        only = [n.strip() for n in args.only.split(",")]
-        if not all(only):
-            raise ValueError(f"--only {args.only!r}: expected comma-separated implementation or baseline names")
-        _refuse_repeats("--only", only)
-        reasons = [why for n in only if n not in DENSE_BASELINES and (why := why_not_runnable(n))]
-        if reasons:
-            raise ValueError(f"--only: {reasons[0]}")
-        impls = [n for n in only if n not in DENSE_BASELINES]
-        baselines = [n for n in only if n in DENSE_BASELINES]
-    _refuse_repeats("--impl", args.impl)
-    for name in args.impl:  # a layer this process builds (a plug-in, usually), so never expert_parallel
-        why = why_not_buildable(name)
-        if why:
-            raise ValueError(f"--impl: {why}")
-        impls += [name] if name not in impls else []
-    return impls, baselines
-
-
-def _refuse_repeats(option: str, names: list[str]) -> None:
-    repeated = first_repeat(names)
-    if repeated is not None:
-        raise ValueError(f"{option}: {repeated!r} is given twice")
-
-
 def _out_dir(args: argparse.Namespace, suite: Suite) -> Path:
     """--out, the newest results/<suite>-* for a bare --resume, or a new results/<suite>-<timestamp>; refused
     now if another run wrote it (check_resume) or it cannot take this one (check_usable)."""
@@ -190,7 +169,11 @@ def _disturbed_line(summary) -> str:
 
 def _resume_command(args: argparse.Namespace, suite: Suite, out: Path) -> str:
     """The command that continues this run: the same suite, rows, device and report, into the same directory."""
-    cmd = ["moe-bench", "run", args.suite or suite.name, "--out", str(out), "--resume"]
+    cmd = ["moe-bench", "run", *(["--model", args.model] if args.model else [args.suite or suite.name])]
+    cmd += [
+        arg for opt in ("tokens", "dtype", "mode") if getattr(args, opt) for arg in (f"--{opt}", getattr(args, opt))
+    ]
+    cmd += ["--out", str(out), "--resume"]
     cmd += ["--device", args.device] if args.device != "auto" else []
     cmd += ["--only", args.only] if args.only is not None else []
     cmd += [arg for name in args.impl for arg in ("--impl", name)]

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from analysis.footprint import Call
 from moe_impls import MoEWeights
 from suites import fit
 from suites.cache import last_level_cache_bytes
@@ -102,13 +103,20 @@ class PointRunner:
     def _setup(self, point: Point) -> tuple[PointInputs, Reference]:
         dtype = getattr(torch, point.dtype)
         x, grad_out = self._inputs(point, dtype, self.seed)
+        if point.model:
+            from suites import model_rows
+
+            inputs = PointInputs(point, self.shapes.block(point.model, dtype), x, grad_out, self._call(point, None))
+            return inputs, model_rows.reference(inputs)
         weights = self.shapes.weights(point.moe_config(), dtype)
         ref_name, layer = reference_layer(weights, x)
         ref_out, ref_grad, ref_routing = check_call(layer, x, grad_out, point.mode)
-        call = fit.call_of(point, fit.max_load(point, ref_routing.tokens_per_expert_E))
-        return PointInputs(point, weights, x, grad_out, call), Reference(
-            ref_name, layer, ref_out, ref_grad, ref_routing
-        )
+        inputs = PointInputs(point, weights, x, grad_out, self._call(point, ref_routing.tokens_per_expert_E))
+        return inputs, Reference(ref_name, layer, ref_out, ref_grad, ref_routing)
+
+    @staticmethod
+    def _call(point: Point, tokens_per_expert: torch.Tensor | None) -> Call:
+        return fit.call_of(point, fit.max_load(point, tokens_per_expert))
 
     def _check(
         self, name: str, inputs: PointInputs, ref: Reference, shared: SharedTensors, fits: tuple, baselines: dict
@@ -116,7 +124,11 @@ class PointRunner:
         """The row checked against the reference; one that wrote to the shared tensors is an error."""
         self.report("check", [name], self.timing.timeout_s)
         try:
-            if row_family(name) == "moe":
+            if row_family(name) == "moe" and inputs.point.model:
+                from suites.model_rows import check_model_row
+
+                result = check_model_row(name, inputs, ref)
+            elif row_family(name) == "moe":
                 result = check_moe(name, inputs, ref, *fits)
             elif isinstance(baselines[name], dict):
                 result = baselines[name]  # skipped, or failed to build
@@ -150,7 +162,8 @@ class PointRunner:
         if dirty:
             self._restore(inputs, with_inputs=True)
             culprits = self._find_writer(inputs, shared, pending, dirty)
-        fresh = self._fresh_check(inputs.point, ref, [r for r in pending if r.pool == "moe" and r.name not in culprits])
+        checked = [r for r in pending if row_family(r.name) == "moe" and r.name not in culprits]
+        fresh = self._fresh_check(inputs.point, ref, checked)
         for r in pending:
             row = {**r.columns, **steadiness, "timer_note": note}
             timing = timings[r.name]
@@ -216,7 +229,12 @@ class PointRunner:
 
     def _restore(self, inputs: PointInputs, with_inputs: bool) -> None:
         """Puts the shared weights (and the input and output gradient) back as the seed made them."""
-        inputs.weights.reset_parameters(self.seed)
+        if inputs.point.model:
+            from suites.model_rows import reinit
+
+            reinit(inputs.weights, inputs, self.seed)
+        else:
+            inputs.weights.reset_parameters(self.seed)
         with torch.no_grad():
             for b in inputs.weights.buffers():
                 b.zero_()

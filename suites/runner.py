@@ -88,7 +88,7 @@ class Runner:
         summary = RunSummary(self.out_dir)
         start = time.perf_counter()
         writer = ResultsWriter(self.out_dir)
-        summary.planned = len(self.suite.points) * len(self.impls + self.baselines)
+        summary.planned = sum(len(self._names(p)) for p in self.suite.points)
         spec = WorkerSpec(
             str(self.device), torch.get_num_threads(), self.suite.seed, self.suite.timing, self.suite.dtypes
         )
@@ -108,7 +108,7 @@ class Runner:
             worker.close()
             writer.close()
             summary.wall_s = time.perf_counter() - start
-            summary.written = _count_rows(writer.done, self.suite.points, self.impls + self.baselines)
+            summary.written = len(writer.done & {(p.point_id, n) for p in self.suite.points for n in self._names(p)})
             summary.worker_starts = worker.starts
             if meta:
                 write_run_meta(self.out_dir, self._finished_meta(meta, summary))
@@ -116,8 +116,8 @@ class Runner:
 
     def _write_rows(self, worker: Worker | InlineWorker, writer: ResultsWriter, bar: tqdm, summary: RunSummary) -> None:
         """Every row still missing, point by point, written as it arrives; the bar counts rows already on disk."""
-        names = self.impls + self.baselines
         for point in self.suite.points:
+            names = self._names(point)
             todo = [n for n in names if (point.point_id, n) not in writer.done]
             bar.update(len(names) - len(todo))
             if not todo:
@@ -128,6 +128,9 @@ class Runner:
                 writer.write(row)
                 summary.add(row)
                 bar.update(1)
+
+    def _names(self, point) -> list[str]:
+        return self.suite.row_names(point, self.impls, self.baselines)
 
     def _start_meta(self, worker_info: dict, resumed: bool) -> dict:
         if resumed and (self.out_dir / "run.json").exists():
@@ -157,11 +160,6 @@ class Runner:
             worker_starts=meta.get("worker_starts", 0) + summary.worker_starts,
         )
         return meta
-
-
-def _count_rows(done: set[tuple[str, str]], points, names: list[str]) -> int:
-    planned = {(p.point_id, n) for p in points for n in names}
-    return len(planned & done)
 
 
 def _statuses(out_dir: Path) -> Counter:

@@ -32,7 +32,10 @@ RESULT_COLUMNS: dict[str, str] = {
     "dtype": "'float32', 'bfloat16' or 'float16'",
     "mode": "'forward' or 'train' (forward + backward)",
     "router": "learned router kind (softmax_topk, noisy_topk, sigmoid_topk, expert_choice)",
-    "routing": "router kind, or the synthetic skew that overrode its choice (uniform, zipf1.2, hot0.5, collapse)",
+    "routing": "router kind, or the synthetic skew that overrode its choice (uniform, zipf1.2, hot0.5, collapse); "
+    "'model' for a model's own block (its router)",
+    "model": "the transformers model_type or config.json whose own MoE block the row ran (null for a shape); the "
+    "row's impl is then the experts implementation, and eager its reference",
     "capacity_factor": "capacity factor, null = dropless",
     "device": "'cpu' or 'cuda'",
     "world_size": "processes the point ran on (1 unless expert parallel)",

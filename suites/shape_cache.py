@@ -6,6 +6,7 @@ of that decision."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 import moe_impls
 from moe_impls import BASELINES, DenseFFN, MoEConfig, MoEWeights
@@ -21,20 +22,30 @@ class ShapeCache:
     def __init__(self, device: torch.device, seed: int) -> None:
         self.device, self.seed = device, seed
         self.key: tuple | None = None
-        self._weights: MoEWeights | None = None
+        self._weights: MoEWeights | nn.Module | None = None  # a shape's weights, or a model's block
         self.baselines: dict[tuple[str, int], DenseFFN] = {}  # by (name, d_ff)
 
     def weights(self, cfg: MoEConfig, dtype: torch.dtype) -> MoEWeights:
         """The point's weights; the previous point's when the shape and dtype are equal (only tokens, mode or
         routing changed), so a sweep over token counts builds them once."""
         key = (cfg.d_model, cfg.d_ff, cfg.num_experts, cfg.activation, cfg.router, dtype, self.seed)
-        if self._weights is not None and self.key == key:
-            self._weights.cfg = cfg  # same tensors; routing settings (top_k, capacity, synthetic skew) are the point's
-            return self._weights
-        self.key, self._weights, self.baselines = None, None, {}
-        release()
-        self._weights = MoEWeights(cfg, device=self.device, dtype=dtype, seed=self.seed)
-        self.key = key
+        weights = self._kept(key, lambda: MoEWeights(cfg, device=self.device, dtype=dtype, seed=self.seed))
+        weights.cfg = cfg  # same tensors; routing settings (top_k, capacity, synthetic skew) are the point's
+        return weights
+
+    def block(self, model: str, dtype: torch.dtype) -> nn.Module:
+        """A model's MoE block (suites/model_rows.py), kept like a shape's weights."""
+        from suites import model_rows  # transformers is imported for model points only
+
+        return self._kept(
+            ("model", model, dtype, self.seed), lambda: model_rows.build(model, self.device, dtype, self.seed)
+        )
+
+    def _kept(self, key: tuple, build):
+        if self._weights is None or self.key != key:
+            self.key, self._weights, self.baselines = None, None, {}
+            release()
+            self._weights, self.key = build(), key
         return self._weights
 
     def fit(self, inputs: PointInputs, todo: list[str]) -> Fits:

@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,8 +47,9 @@ from moe_impls.expert_parallel import world_size_problem
 from suites import spec_fields as field
 from suites.schema import EP_IMPL
 from suites.spec_fields import FieldError
+from suites.spec_models import model_fields, model_impls
 from suites.spec_shapes import shape_fields
-from suites.suite_model import Point, Suite
+from suites.suite_model import MODEL_ROUTING, Point, Suite
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -99,6 +102,24 @@ def load(name_or_path: str) -> Suite:
         raise SuiteError(f"{path}: {exc}") from None
 
 
+def model_suite(model: str, tokens: list[int], dtypes: list[str], modes: list[str], impls: list[str]) -> Suite:
+    """`moe-bench run --model MODEL`: one [[models]] table, its rows the experts implementations `impls`."""
+    raw = {
+        "name": "model-"
+        + re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model).parent.name if model.endswith(".json") else model),
+        "description": f"the MoE block of {model} under every experts implementation",
+        "dtypes": dtypes,
+        "modes": modes,
+        "model_impls": impls,
+        "models": [{"model": model, "tokens": tokens}],
+    }
+    text = json.dumps(raw, sort_keys=True)
+    try:
+        return _build(raw, Path(f"--model {model}"), hashlib.sha256(text.encode()).hexdigest()[:16])
+    except FieldError as exc:
+        raise SuiteError(f"--model {model}: {exc}") from None
+
+
 def _fail(path: Path, key: str, value: object, why: str) -> SuiteError:
     return SuiteError(f"{path}: {FieldError(key, value, why)}")
 
@@ -117,12 +138,15 @@ def _build(raw: dict, path: Path, file_hash: str) -> Suite:
     field.check_top_keys(raw)
     seed = field.seed(raw)
     name, description = field.suite_name(raw, path), field.description(raw)
-    impls, baselines = field.impls(raw), field.baselines(raw)
+    has_models = "models" in raw
+    impls = field.impls(raw) if "impls" in raw or not has_models else ()
+    baselines = field.baselines(raw)
     dtypes = field.choices(raw, "dtypes", field.DTYPES, default=["float32"])
     modes = field.choices(raw, "modes", field.MODES, default=["forward"])
     grid = _Grid(dtypes, modes, field.routings(raw, default=["softmax_topk"]), seed)
     timing = field.timing(raw.get("timing", {}))
-    points = _points(raw.get("shapes"), grid)
+    points = _points(raw.get("shapes"), grid) if "shapes" in raw or not has_models else []
+    points += _points(raw["models"], grid, "models") if has_models else []
     return Suite(
         name=name,
         description=description,
@@ -135,32 +159,33 @@ def _build(raw: dict, path: Path, file_hash: str) -> Suite:
         timing=timing,
         points=tuple(points),
         nproc=_nproc(raw, path, impls, points),
+        model_impls=model_impls(raw) if has_models else (),
     )
 
 
-def _points(shapes: object, grid: _Grid) -> list[Point]:
-    """Every shape's grid of points, in file order; a point listed by two shapes is refused."""
-    if not isinstance(shapes, list) or not shapes or not all(isinstance(s, dict) for s in shapes):
-        raise FieldError("shapes", shapes, "expected one or more [[shapes]] tables")
+def _points(tables: object, grid: _Grid, key: str = "shapes") -> list[Point]:
+    """Every shape's (or model's) grid of points, in file order; a point listed by two tables is refused."""
+    if not isinstance(tables, list) or not tables or not all(isinstance(s, dict) for s in tables):
+        raise FieldError(key, tables, f"expected one or more [[{key}]] tables")
     points: dict[str, Point] = {}
-    for i, shape in enumerate(shapes):
-        for point in _shape_points(shape, i, grid):
+    for i, table in enumerate(tables):
+        for point in _table_points(table, f"{key}[{i}]", grid):
             if point.point_id in points:
                 why = (
                     f"repeats the point T={point.tokens} {point.dtype} {point.mode} {point.routing} of an earlier shape"
                 )
-                raise FieldError(f"shapes[{i}]", point.shape, why)
+                raise FieldError(f"{key}[{i}]", point.shape, why)
             points[point.point_id] = point
     return list(points.values())
 
 
-def _shape_points(shape: dict, i: int, grid: _Grid) -> Iterator[Point]:
-    """shapes[i]'s tokens x dtypes x modes x routings, each checked to build an MoEConfig."""
-    where = f"shapes[{i}]"
-    fields = shape_fields(shape, where)
+def _table_points(table: dict, where: str, grid: _Grid) -> Iterator[Point]:
+    """A table's tokens x dtypes x modes x routings, each checked to build an MoEConfig (a model's: its own
+    router, and its block's dimensions)."""
+    fields = model_fields(table, where) if where.startswith("models") else shape_fields(table, where)
     dtypes = field.choices(fields, "dtypes", field.DTYPES, default=list(grid.dtypes))
     modes = field.choices(fields, "modes", field.MODES, default=list(grid.modes))
-    routings = field.routings(fields, default=grid.routings)
+    routings = [MODEL_ROUTING] if "model" in fields else field.routings(fields, default=grid.routings)
     for key in ("dtypes", "modes", "routing"):
         fields.pop(key, None)
     for tokens, dtype, mode, routing in itertools.product(fields.pop("tokens"), dtypes, modes, routings):
@@ -168,7 +193,7 @@ def _shape_points(shape: dict, i: int, grid: _Grid) -> Iterator[Point]:
         try:
             point.moe_config()
         except ValueError as exc:
-            raise FieldError(where, shape.get("name", i), f"{routing}: {exc}") from None
+            raise FieldError(where, fields["shape"], f"{routing}: {exc}") from None
         yield point
 
 

@@ -20,7 +20,7 @@ from suites.timing_settings import TimingSettings
 DTYPES = ("float32", "bfloat16", "float16")
 MODES = ("forward", "train")
 TOP_KEYS = {"name", "description", "seed", "impls", "baselines", "dtypes", "modes", "routing", "timing", "shapes"}
-TOP_KEYS |= {"nproc"}
+TOP_KEYS |= {"nproc", "models", "model_impls"}
 NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")  # one path component, never '.', '..' or hidden
 MAX_REPS = 100_000  # timed samples per row: 100x the default max_reps
 MAX_MS = 600_000.0  # 10 minutes, the most any timing.*_ms value may ask for one row

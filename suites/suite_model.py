@@ -30,9 +30,14 @@ class Point:
     capacity_factor: float | None = None
     normalize_topk: bool = True
     seed: int = 0
+    model: str | None = None  # a transformers model_type or config.json: its own MoE block, router and experts
 
     def moe_config(self) -> MoEConfig:
+        """The layer the point measures; for a model's block, its routed experts' dimensions (they size the dense
+        baselines and the predictions; the block's own router, shared experts and gates run unchanged)."""
         router, synthetic = parse_routing(self.routing, self.seed)
+        if router == MODEL_ROUTING:
+            router = "softmax_topk"  # the nearest of ours: what fits and what the routed experts cost
         return MoEConfig(
             d_model=self.d_model,
             d_ff=self.d_ff,
@@ -48,7 +53,10 @@ class Point:
 
     @property
     def point_id(self) -> str:
-        blob = json.dumps(dataclasses.asdict(self), sort_keys=True)
+        fields = dataclasses.asdict(self)
+        if fields["model"] is None:
+            del fields["model"]  # so a shape's point keeps the id it had before models existed
+        blob = json.dumps(fields, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
     def columns(self) -> dict:
@@ -71,11 +79,20 @@ class Suite:
     timing: TimingSettings
     points: tuple[Point, ...]
     nproc: tuple[int, ...] = ()  # world sizes of the expert-parallel rows; () when the suite has none
+    model_impls: tuple[str, ...] = ()  # the transformers experts implementations a model point's rows run
+
+    def row_names(self, point: Point, impls: list[str], baselines: list[str]) -> list[str]:
+        """The rows of `point`: a model's block runs the experts implementations, a shape our layers."""
+        return [*(self.model_impls if point.model else impls), *baselines]
+
+
+MODEL_ROUTING = "model"  # a model point's routing: its block's own router
 
 
 def parse_routing(text: str, seed: int = 0) -> tuple[str, SyntheticRouting | None]:
-    """'softmax_topk' -> (router, None); 'zipf:1.2' -> ('softmax_topk', SyntheticRouting('zipf', zipf_s=1.2))."""
-    if text in moe_impls.ROUTERS:
+    """'softmax_topk' -> (router, None); 'zipf:1.2' -> ('softmax_topk', SyntheticRouting('zipf', zipf_s=1.2));
+    'model' -> ('model', None)."""
+    if text in moe_impls.ROUTERS or text == MODEL_ROUTING:
         return text, None
     kind, _, arg = text.partition(":")
     if kind in ("uniform", "collapse") and not arg:

@@ -1,12 +1,12 @@
 """`moe-bench calc`: presets, config files and transformers configs in; a table or one JSON object out; exit 2 on
-bad input with one line on stderr."""
+bad input with one line on stderr. Exact counts against transformers' own models: tests/analysis/test_exact_counts.py."""
 
 import argparse
 import json
 
 import pytest
 
-from analysis import calc
+from analysis import calc, exact_counts
 
 
 def main(argv: list[str]) -> int:
@@ -21,8 +21,15 @@ def calc_json(capsys, *argv: str) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+def formula_json(capsys, *argv: str) -> dict:
+    return calc_json(capsys, *argv)["formula"]
+
+
 def test_json_has_integer_counts(capsys):
-    out = calc_json(capsys, "mixtral-8x7b")
+    whole = calc_json(capsys, "mixtral-8x7b")
+    assert (whole["input"], whole["exact"], whole["comparison"]) == ("preset", None, None)
+    assert "published figures" in whole["exact_error"]
+    out = whole["formula"]
     assert out["total_params"] == 46_702_792_704
     assert isinstance(out["active_params"], int) and 12.8e9 < out["active_params"] < 13.0e9
     assert set(out["breakdown"]) == {
@@ -47,10 +54,17 @@ def test_table_shows_resident_against_active(capsys):
 
 
 def test_dtype_and_context(capsys):
-    out = calc_json(capsys, "olmoe-1b-7b", "--dtype", "fp8", "--context", "0")
+    out = formula_json(capsys, "olmoe-1b-7b", "--dtype", "fp8", "--context", "0")
     assert out["weight_bytes"] == out["total_params"]
     assert out["attention_flops_per_token"] == 0
 
+
+# A transformers config.json small enough to read at a glance (qwen3_moe keys).
+TOY_HF = {
+    "model_type": "qwen3_moe", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 2,
+    "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 32, "moe_intermediate_size": 8,
+    "num_experts": 4, "num_experts_per_tok": 2,
+}  # fmt: skip
 
 TOY_TOML = """\
 vocab_size = 10
@@ -72,9 +86,11 @@ first_k_dense = 1
 def test_toml_model_config(tmp_path, capsys):
     path = tmp_path / "toy.toml"
     path.write_text(TOY_TOML)
-    out = calc_json(capsys, str(path))
+    whole = calc_json(capsys, str(path))
+    out = whole["formula"]
     assert (out["model"], out["total_params"], out["active_params"]) == ("toy", 452, 380)  # derived in test_models
     assert out["published"] is None
+    assert whole["input"] == "ModelConfig file" and whole["exact"] is None
 
 
 def test_transformers_config_json(tmp_path, capsys):
@@ -85,7 +101,20 @@ def test_transformers_config_json(tmp_path, capsys):
     }  # fmt: skip
     path = tmp_path / "config.json"
     path.write_text(json.dumps(hf))
-    assert calc_json(capsys, str(path))["total_params"] == 46_702_792_704
+    assert formula_json(capsys, str(path))["total_params"] == 46_702_792_704
+
+
+def test_without_transformers_a_config_json_is_counted_by_formula_alone(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(exact_counts, "transformers_available", lambda: False)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(TOY_HF))
+    out = calc_json(capsys, str(path))
+    assert out["formula"]["total_params"] > 0
+    assert (out["exact"], out["comparison"], out["exact_error"]) == (None, None, "transformers is not installed")
+    assert main(["calc", str(path)]) == 0
+    assert "exact counts: none: transformers is not installed" in capsys.readouterr().out
+    assert main(["calc", "deepseek_v3"]) == 2  # a model_type needs transformers
+    assert capsys.readouterr().err.endswith("an existing file, nor a model_type (needs transformers)\n")
 
 
 @pytest.mark.parametrize(
@@ -98,10 +127,10 @@ def test_transformers_config_json(tmp_path, capsys):
         ("missing.toml", TOY_TOML.replace("d_model = 4\n", ""), "{path}: missing field 'd_model'"),
         ("extra.toml", TOY_TOML + "flavour = 1\n", "{path}: unknown field 'flavour'"),
         ("neg.toml", TOY_TOML.replace("d_ff = 6", "d_ff = -6"), "{path}: ModelConfig.d_ff must be a positive"),
-        (
+        (  # our formula needs hidden_size, and transformers knows no such model_type to fill it in
             "hf.json",
-            '{"model_type": "mixtral", "vocab_size": 8}',
-            "{path}: transformers config: missing key 'hidden_size'",
+            '{"model_type": "not_a_model", "vocab_size": 8}',
+            "{path}: transformers config: missing key 'hidden_size'; and no exact count: ",
         ),
     ],
 )
