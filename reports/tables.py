@@ -112,14 +112,23 @@ def _winner_row(own: tuple, runner_up: tuple | None, flop: tuple, p: float) -> l
 
 
 PEER_PREFIX = "hf_"
+OURS_IN_TRANSFORMERS = "moe_bench_"  # our implementations as transformers experts implementations (a model's rows)
 SAME_WITHIN = 0.05
 
 
+def is_transformers(rows: pd.DataFrame) -> pd.Series:
+    """Rows that ran transformers' code: its `hf_*` peers on our layer, or a model block's experts under one of
+    transformers' own implementations (eager, grouped_mm, ...) rather than ours (`moe_bench_*`)."""
+    impl = rows["impl"].astype(str)
+    model_row = rows["model"].notna() if "model" in rows else False
+    return impl.str.startswith(PEER_PREFIX) | (model_row & ~impl.str.startswith(OURS_IN_TRANSFORMERS))
+
+
 def versus_peers(df: pd.DataFrame) -> tuple[list[str], Rows]:
-    """Our fastest implementation against the fastest transformers one (`hf_*`) at each point."""
+    """Our fastest implementation against the fastest transformers one at each point."""
     headers = ["tokens", "routing", "ours", "median", "transformers", "median", "ours / theirs", "MWU p", "verdict"]
     ranked = _ranked(df)
-    peer = ranked["impl"].str.startswith(PEER_PREFIX).to_numpy(dtype=bool)
+    peer = is_transformers(ranked).to_numpy(dtype=bool)
     ours, theirs = (r.drop_duplicates(POINT) for r in (ranked[~peer], ranked[peer]))  # fastest first per point
     sides = ["impl", "latency_ms_median", "samples_ms"]
     both = ours.merge(theirs[[*POINT, *sides]], on=POINT, suffixes=("", "_theirs"))

@@ -21,6 +21,9 @@ from moe_impls.routing import synthetic_expert_idx
 from suites.suite_model import Point
 
 MEMORY_HEADROOM = 0.8  # a row predicted to need more than this share of the free memory is skipped
+# A model block's experts implementation whose footprint one of our rows predicts: batched_mm gathers one copy
+# of the expert weights per assignment (moe_impls/peers.py), tens of GB at 128 tokens of a real model.
+MODEL_FOOTPRINTS = {"batched_mm": "hf_batched_mm"}
 
 
 def max_load(point: Point, tokens_per_expert: torch.Tensor | None = None) -> int:
@@ -53,9 +56,14 @@ def is_baseline(name: str) -> bool:
 
 def predicted_bytes(name: str, point: Point, call: footprint.Call) -> int | None:
     """Bytes one call of row `name` allocates beyond its weights and input; None when nothing predicts them
-    (a plug-in without `predicted_bytes`, a compiled layer: the runner then runs it and records any `oom`)."""
-    if is_baseline(name) or name in footprint.MODELS:
+    (a plug-in without `predicted_bytes`, a compiled layer, a model's block: the runner then runs it and records
+    any `oom`)."""
+    if is_baseline(name) or (name in footprint.MODELS and not point.model):
         return footprint.predicted_bytes(name, call)
+    if point.model:  # a model's block: only transformers' batched_mm has a footprint worth predicting
+        name = MODEL_FOOTPRINTS.get(name)
+        if name is None:
+            return None
     dtype = getattr(torch, point.dtype)
     return moe_impls.resolve(name).predicted_bytes(point.moe_config(), point.tokens, dtype, point.mode)
 

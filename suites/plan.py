@@ -77,7 +77,10 @@ def _row_wall_s(call_ms: float, suite: Suite, device: DeviceProfile) -> float:
 
 
 def _unsupported(point: Point, impl: str) -> str | None:
-    return None if fit.is_baseline(impl) else moe_impls.resolve(impl).unsupported(point.moe_config())
+    """Why our implementation cannot express the point (a model's rows are its block's: never ours to refuse)."""
+    if fit.is_baseline(impl) or point.model:
+        return None
+    return moe_impls.resolve(impl).unsupported(point.moe_config())
 
 
 def _draw_s(weight_bytes: int, device: DeviceProfile) -> float:
@@ -114,9 +117,10 @@ def plan(suite: Suite, device: DeviceProfile) -> Plan:
         if shape != shape_kept:  # the worker keeps a shape's weights and baselines across token counts and modes
             shape_kept, kept = shape, set()
             setup_s += _draw_s(_moe_weight_bytes(call), device)
-        skips = _skips(point, impls, suite.baselines, call, device)
+        names = suite.row_names(point, impls, [])
+        skips = _skips(point, names, suite.baselines, call, device)
         inputs = point.tokens * point.d_model * call.elem_bytes  # the input; grad_out is not counted
-        for impl in (*impls, *suite.baselines):
+        for impl in (*names, *suite.baselines):
             weights, work, moved = _row_work(point, impl, call)
             if fit.is_baseline(impl):
                 key = (impl, fit.baseline_width(impl, call))

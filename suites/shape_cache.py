@@ -61,8 +61,8 @@ class ShapeCache:
                 weights = fit.baseline_weight_bytes(name, call)
                 baselines[name] = fit.Baseline(weights, fit.predicted_bytes(name, point, call))
                 continue
-            try:
-                unsupported[name] = moe_impls.resolve(name).unsupported(point.moe_config())
+            try:  # a model's rows are its block under transformers' experts implementations: never ours to refuse
+                unsupported[name] = None if point.model else moe_impls.resolve(name).unsupported(point.moe_config())
                 impls[name] = None if unsupported[name] else fit.predicted_bytes(name, point, call)
             except ROW_FAILURES:  # a plug-in that cannot say: its check records the failure
                 unsupported[name], impls[name] = None, None

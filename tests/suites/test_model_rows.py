@@ -111,3 +111,16 @@ def test_the_cli_runs_a_model_and_refuses_bad_model_arguments(tmp_path_factory, 
 def test_a_models_dimensions_are_its_blocks_own_read_on_the_meta_device():
     point = spec.model_suite("deepseek_v3", [1], ["bfloat16"], ["forward"], ["eager"]).points[0]
     assert (point.d_model, point.d_ff, point.num_experts, point.top_k) == (7168, 2048, 256, 8)
+
+
+def test_batched_mm_that_cannot_fit_a_models_block_is_skipped_with_its_prediction(tmp_path_factory, monkeypatch):
+    from suites import shape_cache
+
+    path = _config_file(tmp_path_factory, "mixtral")
+    suite = spec.model_suite(path, [64], ["float32"], ["forward"], ["eager", "batched_mm", "grouped_mm"])
+    monkeypatch.setattr(shape_cache, "available_bytes", lambda device: 200_000)
+    runner = point_runner.PointRunner(WorkerSpec("cpu", 1, suite.seed, QUICK, peaks=PEAKS))
+    rows = {r["impl"]: r for r in runner.run(suite.points[0], list(suite.model_impls))}
+    assert rows["batched_mm"]["status"] == "skipped" and rows["batched_mm"]["predicted_mem_bytes"] > 160_000
+    assert "predicted" in rows["batched_mm"]["error"]
+    assert rows["eager"]["status"] == rows["grouped_mm"]["status"] == "ok"
