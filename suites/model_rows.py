@@ -79,13 +79,18 @@ def reference(inputs: PointInputs) -> Reference:
     return Reference(REFERENCE, layer, out, grad, None)
 
 
-def check_model_row(name: str, inputs: PointInputs, ref: Reference) -> dict | CheckedRow:
-    """The block under `name`, called once and compared with `eager`; a CheckedRow once it matched."""
+def check_model_row(
+    name: str, inputs: PointInputs, ref: Reference, skip: str | None, predicted: int | None
+) -> dict | CheckedRow:
+    """The block under `name`, called once and compared with `eager`; a CheckedRow once it matched. `skip` and
+    `predicted` are the point's fit decision for the row (suites/fit.py)."""
+    if skip:
+        return {"status": "skipped", "error": skip, "predicted_mem_bytes": predicted}
     point, x, block = inputs.point, inputs.x, inputs.weights
     layer = ExpertsSwitch(block, name)
     (out, grad, _), memory = measure_memory(lambda: check_call(layer, x, inputs.grad_out, point.mode), x.device, layer)
     err, tolerance = error_and_tolerance(out, grad, ref.out, ref.grad, point.dtype)
-    check = {"max_abs_err": err, "tolerance": tolerance}
+    check = {"max_abs_err": err, "tolerance": tolerance, "predicted_mem_bytes": predicted}
     if not err <= tolerance:
         return {**check, "status": "wrong", "error": f"max |out - {REFERENCE}| = {err:.3g} > {tolerance:.3g}"}
     weight_bytes = sum(p.numel() * p.element_size() for p in block.parameters())

@@ -127,7 +127,7 @@ class PointRunner:
             if row_family(name) == "moe" and inputs.point.model:
                 from suites.model_rows import check_model_row
 
-                result = check_model_row(name, inputs, ref)
+                result = check_model_row(name, inputs, ref, *fits)
             elif row_family(name) == "moe":
                 result = check_moe(name, inputs, ref, *fits)
             elif isinstance(baselines[name], dict):
