@@ -1,4 +1,4 @@
-"""A model point's rows: one transformers sparse MoE block at the model's own dimensions (moe_impls/hf_models.py),
+"""A model point's rows: one transformers sparse MoE block at the model's own dimensions (moe_impls/hf_models/),
 each row the same block, with the same weights and input, under one experts implementation (transformers'
 `eager`, `grouped_mm`, `batched_mm`, the GPU kernels where installed, and ours, `moe_bench_*`). The block's
 router, shared experts and gates run unchanged in every row; `eager` is the reference every row is checked

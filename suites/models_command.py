@@ -1,7 +1,7 @@
 """`moe-bench models`: every MoE model type of the installed transformers, one line each, with its sparse MoE block
 and whether that block runs under each experts implementation.
 
-Each type's tiny block (moe_impls/hf_models.py: hidden 64, 8 experts, top-2, fp32, CPU) runs once under 'eager'
+Each type's tiny block (moe_impls/hf_models/configs.py: hidden 64, 8 experts, top-2, fp32, CPU) runs once under 'eager'
 (the model's own experts forward) and once under every other registered implementation on the same weights and
 tokens; an implementation passes when its output, input gradient and every parameter gradient are within the
 fp32 tolerance of suites/reference.py of eager's. Our `moe_bench_*` implementations are registered first when

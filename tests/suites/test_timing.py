@@ -91,3 +91,18 @@ def test_cuda_budget_counts_the_whole_block_not_only_the_timed_calls(cuda):
     row = cuda.row("quick", resets=[lambda: time.sleep(0.005)])
     timing_ = time_rows({"quick": row}, CUDA, settings)["quick"]
     assert 2 <= len(timing_.samples_ms) < 15, "the budget ended it, not max_reps"
+
+
+def test_the_canary_re_enters_before_its_timed_call_so_a_streaming_neighbour_cannot_slow_it():
+    """Each round, the canary's timed call follows its own untimed one (as when its start-of-run figure was
+    taken), not the last call of a neighbour that may have streamed its data out of cache."""
+    order: list[str] = []
+    rows = {
+        "row": RowCalls([lambda: order.append("row")]),
+        "canary": RowCalls([lambda: order.append("canary")], watch=True),
+    }
+    settings = TimingSettings(budget_ms=5, min_time_ms=1, warmup_ms=0, min_reps=6, max_reps=6, cache="warm")
+    time_rows(rows, torch.device("cpu"), settings)
+    rounds = "".join("c" if name == "canary" else "r" for name in order).split("r")
+    timed_runs = [len(run) for run in rounds if run][1:]  # after the warm-up calls
+    assert timed_runs and all(n == 2 for n in timed_runs), order
