@@ -39,7 +39,9 @@ def worker(request):
     worker.close()
 
 
-@pytest.mark.parametrize("tokens", [1, 1024])
+# One token only: the point where the old protocol moved flop_matched by 2x (at 1024 tokens it moved dense_all
+# by 1.35x; the cpu suite's points, 1024 included, are measured in the table rather than in every run).
+@pytest.mark.parametrize("tokens", [1])
 def test_a_row_timed_beside_its_neighbours_equals_it_timed_alone(worker, tokens):
     cache = worker.spec.timing.cache
     point = small(tokens)
