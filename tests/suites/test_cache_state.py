@@ -17,6 +17,8 @@ from suites.timing import RowCalls, time_rows
 from suites.timing_settings import TimingSettings
 from suites.worker import Worker, WorkerSpec
 
+pytestmark = pytest.mark.timing
+
 ROWS = ["loop", "padded", "sort_group", "dense_all", "param_matched", "flop_matched"]
 SETTINGS = TimingSettings(budget_ms=300, min_time_ms=100, warmup_ms=20, retimes=0)
 

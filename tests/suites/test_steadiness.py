@@ -89,6 +89,7 @@ tokens = [16, 32, 64, 128, 256, 512, 768, 1024]
 """
 
 
+@pytest.mark.timing
 def test_points_timed_during_a_planted_competing_process_are_flagged_and_only_they(tmp_path):
     suite_file = tmp_path / "contended.toml"
     suite_file.write_text(SUITE.format(retimes=0))
