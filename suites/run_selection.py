@@ -52,7 +52,7 @@ def selection(args: argparse.Namespace, suite: Suite) -> tuple[list[str], list[s
     would write its rows twice, so it is refused like an unknown one."""
     impls, baselines = list(suite.impls), list(suite.baselines)
     if args.model and args.only is not None:  # the block's rows are chosen in model_suite
-        return impls, [n for n in baselines if n in args.only.split(",")]
+        return impls, [n for n in baselines if n in _listed("--only", args.only, str)]
     if args.only is not None:
         only = [n.strip() for n in args.only.split(",")]
         if not all(only):

@@ -8,6 +8,8 @@ import pytest
 
 pytest.importorskip("transformers")
 
+import torch  # noqa: E402
+
 from moe_impls import hf_models  # noqa: E402
 from suites import point_runner, spec  # noqa: E402
 from suites.cli import main  # noqa: E402
@@ -124,3 +126,17 @@ def test_batched_mm_that_cannot_fit_a_models_block_is_skipped_with_its_predictio
     assert rows["batched_mm"]["status"] == "skipped" and rows["batched_mm"]["predicted_mem_bytes"] > 160_000
     assert "predicted" in rows["batched_mm"]["error"]
     assert rows["eager"]["status"] == rows["grouped_mm"]["status"] == "ok"
+
+
+def test_only_picks_a_models_baselines_as_it_picks_its_implementations(tmp_path_factory):
+    import argparse
+
+    from suites import run_selection
+
+    path = _config_file(tmp_path_factory, "mixtral")
+    args = argparse.Namespace(
+        model=path, suite=None, tokens="4", dtype=None, mode=None, only="grouped_mm, flop_matched", impl=[]
+    )
+    suite = run_selection.model_suite(args, torch.device("cpu"))
+    assert suite.model_impls == ("eager", "grouped_mm")
+    assert run_selection.selection(args, suite) == ([], ["flop_matched"])
