@@ -1,5 +1,6 @@
 """Disturbance signals against known quantities, and a planted competing process in the middle of a run."""
 
+import re
 import subprocess
 import sys
 import threading
@@ -89,34 +90,45 @@ tokens = [16, 32, 64, 128, 256, 512, 768, 1024]
 """
 
 
+OS_SIGNALS = "cpu pressure|cpu steal|preempted"
+
+
 @pytest.mark.timing
 def test_points_timed_during_a_planted_competing_process_are_flagged_and_only_they(tmp_path):
+    """A point that spent a quarter of its timing beside the rival is flagged, and the OS saw it (the CPU
+    pressure threshold is a tenth of the window). A point that never overlapped it gets no OS signal. The
+    canary may still flag one there: it also sees the host's other tenants, a true slowdown the OS of a
+    virtual machine cannot see; but it must leave clean points clean, so a canary that always fires fails."""
     suite_file = tmp_path / "contended.toml"
     suite_file.write_text(SUITE.format(retimes=0))
     suite = spec.load(str(suite_file))
-    window: dict[str, float] = {}
-
+    window: list[float] = []
     results = tmp_path / "run" / "results.jsonl"
 
     def compete(after_rows: int, for_s: float) -> None:
-        """Starts the rival once `after_rows` rows are on disk, so some points run before it and some after."""
+        """Starts the rival once `after_rows` rows are on disk, so some points run before it and some after.
+        Its whole life competes: starting Python and torch keeps a core busy too."""
         while not results.exists() or len(results.read_text().splitlines()) < after_rows:
             time.sleep(0.02)
-        window["from"] = time.time()
+        window.append(time.time())
         subprocess.run([sys.executable, "-c", COMPETITOR, str(for_s)], check=True)
-        window["to"] = time.time()
+        window.append(time.time())
 
     rival = threading.Thread(target=compete, args=(6, 2.0), daemon=True)
     rival.start()
     Runner(suite, torch.device("cpu"), tmp_path / "run", progress=False).run()
     rival.join()
-    rows = pd.read_json(tmp_path / "run" / "results.jsonl", lines=True)
+    rows = pd.read_json(results, lines=True)
     points = rows.groupby("point_id").agg(
-        start=("timed_from", "min"), end=("timed_to", "max"), disturbed=("disturbed", "any")
+        start=("timed_from", "min"),
+        end=("timed_to", "max"),
+        disturbed=("disturbed", "any"),
+        why=("disturbance", lambda d: sorted({r for rs in d for r in (rs or [])})),
     )
-    hit = (points["end"] > window["from"]) & (points["start"] < window["to"])
-    assert hit.any() and (~hit).sum() >= 2, "the rival should overlap some points, not all"
-    assert points.loc[hit, "disturbed"].all(), "every point timed during the rival is flagged"
-    assert not points.loc[~hit, "disturbed"].any(), "no point outside the rival's window is flagged"
-    reasons = rows.loc[rows["disturbed"], "disturbance"].explode()
-    assert reasons.str.contains("cpu pressure|canary|preempted").all()
+    overlap = (points["end"].clip(upper=window[1]) - points["start"].clip(lower=window[0])).clip(lower=0)
+    hit, outside = points[overlap >= 0.25 * (points["end"] - points["start"])], points[overlap == 0]
+    assert len(hit) and len(outside) >= 2, f"the rival should overlap some points, not all:\n{points}"
+    by_os = points["why"].map(lambda why: any(re.match(OS_SIGNALS, r) for r in why))
+    assert by_os[hit.index].all(), f"every point timed beside the rival is flagged by the OS:\n{hit.to_string()}"
+    assert not by_os[outside.index].any(), f"no OS signal outside the rival's window:\n{outside.to_string()}"
+    assert not outside["disturbed"].all(), f"the canary leaves clean points clean:\n{outside.to_string()}"
