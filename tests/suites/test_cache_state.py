@@ -1,5 +1,5 @@
 """A row's time must not depend on which rows ran beside it, in either cache state, and warm timing must
-agree with torch.utils.benchmark. Ratios within one process: medians of 7 paired ratios, on the cpu suite's small
+agree with torch.utils.benchmark. Ratios within one process: medians of 5 paired ratios, on the cpu suite's small
 shape (d 256, f 512, 8 experts, top-2) where the protocol moved flop_matched by 2x at one token."""
 
 import statistics
@@ -57,7 +57,7 @@ def test_a_row_timed_beside_its_neighbours_equals_it_timed_alone(worker, tokens)
         assert abs(ratio - 1) <= 0.05, f"{name} at T={tokens}, {cache}: with neighbours / alone = {ratio:.3f}"
 
 
-def paired_ratio(a: Callable[[], float], b: Callable[[], float], pairs: int = 7) -> float:
+def paired_ratio(a: Callable[[], float], b: Callable[[], float], pairs: int = 5) -> float:
     """The median over `pairs` of a / b, each pair taken back to back and in alternating order: the host's
     other tenants slow this machine by up to 2x for seconds at a time, which moves both halves of a pair alike
     but not two measurements seconds apart."""

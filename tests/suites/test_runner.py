@@ -86,6 +86,7 @@ baselines = ["flop_matched"]
 [timing]
 budget_ms = 150
 min_time_ms = 150
+retimes = 0
 [[shapes]]
 d_model = 16
 d_ff = 32
