@@ -36,7 +36,7 @@ class SortedDispatch(Dispatch):
 
     def offsets_E(self) -> torch.Tensor:
         """int32 [E]: the end of each expert's segment, the `offs` that grouped_mm takes."""
-        return torch.cumsum(self.tokens_per_expert_E, 0).to(torch.int32)
+        return torch.cumsum(self.tokens_per_expert_E, 0, dtype=torch.int32)
 
 
 def sort_by_expert(x_TD: torch.Tensor, routing: Assignments) -> SortedDispatch:

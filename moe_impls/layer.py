@@ -45,10 +45,12 @@ class MoELayer(nn.Module):
     def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, LayerRecord]:
         """[..., D] -> ([..., D], the routing record with the rows the experts computed)."""
         self._check_input(hidden)
-        x_TD = hidden.reshape(-1, self.cfg.d_model)
+        flat = hidden.dim() == 2  # [T, D] already: no reshape either way (each is an op, and decode has few)
+        x_TD = hidden if flat else hidden.reshape(-1, self.cfg.d_model)
         routing = self.router(self.weights, x_TD, self.training)
         y_TD, computed_rows = self.compute_experts(x_TD, routing)
-        return y_TD.to(hidden.dtype).view(hidden.shape), LayerRecord.from_routing(routing, computed_rows)
+        y_TD = y_TD.to(hidden.dtype)
+        return y_TD if flat else y_TD.view(hidden.shape), LayerRecord.from_routing(routing, computed_rows)
 
     @property
     def routing_capturable(self) -> bool:

@@ -80,8 +80,9 @@ def topk_priority_keep(expert_idx_TK: torch.Tensor, num_experts: int, capacity: 
 def count_per_expert(expert_idx_N: torch.Tensor, num_experts: int) -> torch.Tensor:
     """int64 [E]: assignments per expert. A scatter-add, not bincount: bincount reads its input's maximum back to
     the host on CUDA, which would stall every call and make the layer impossible to capture in a CUDA graph."""
-    counts_E = torch.zeros(num_experts, dtype=torch.long, device=expert_idx_N.device)
-    return counts_E.scatter_add_(0, expert_idx_N.reshape(-1), torch.ones_like(expert_idx_N.reshape(-1)))
+    idx_N = expert_idx_N if expert_idx_N.dim() == 1 else expert_idx_N.reshape(-1)
+    counts_E = torch.zeros(num_experts, dtype=torch.long, device=idx_N.device)
+    return counts_E.scatter_add_(0, idx_N, torch.ones_like(idx_N))
 
 
 def position_in_expert(expert_idx_N: torch.Tensor, num_experts: int) -> torch.Tensor:
@@ -181,27 +182,29 @@ class Router:
     ) -> RoutingRecord:
         cfg = self.cfg
         T, E = probs_TE.shape
-        with torch.no_grad():
-            if cfg.synthetic is not None:
-                expert_idx_TK = synthetic_expert_idx(T, E, cfg.top_k, cfg.synthetic).to(probs_TE.device)
-            else:
-                expert_idx_TK = torch.topk(select_TE, cfg.top_k, dim=-1).indices
-        weight_TK = probs_TE.gather(1, expert_idx_TK)
+        K, device = cfg.top_k, probs_TE.device
+        if cfg.synthetic is None and select_TE is probs_TE:  # the top-k values are the weights: no gather
+            weight_TK, expert_idx_TK = torch.topk(probs_TE, K, dim=-1)
+        else:
+            with torch.no_grad():
+                if cfg.synthetic is not None:
+                    expert_idx_TK = synthetic_expert_idx(T, E, K, cfg.synthetic).to(device)
+                else:
+                    expert_idx_TK = torch.topk(select_TE, K, dim=-1).indices
+            weight_TK = probs_TE.gather(1, expert_idx_TK)
         # Noisy top-k keeps only the top-k logits before its softmax, which is this renormalisation.
         if cfg.normalize_topk or cfg.router == "noisy_topk":
             weight_TK = weight_TK / weight_TK.sum(-1, keepdim=True).clamp_min(1e-20)
-        token_idx_TK = torch.arange(T, device=probs_TE.device).unsqueeze(1).expand(T, cfg.top_k)
         capacity = cfg.capacity(T)
-        if capacity is None:
-            token_idx_N, expert_idx_N, weight_N = (
-                token_idx_TK.reshape(-1),
-                expert_idx_TK.reshape(-1),
-                weight_TK.reshape(-1),
-            )
-            num_dropped = torch.zeros((), dtype=torch.long, device=probs_TE.device)
+        if capacity is None:  # every choice kept, token by token
+            with torch.no_grad():
+                token_idx_N = torch.arange(T * K, device=device).div_(K, rounding_mode="floor")
+            expert_idx_N, weight_N = expert_idx_TK.view(-1), weight_TK.view(-1)
+            num_dropped = torch.zeros((), dtype=torch.long, device=device)
         else:
             with torch.no_grad():
                 keep_TK = topk_priority_keep(expert_idx_TK, E, capacity)
+                token_idx_TK = torch.arange(T, device=device).unsqueeze(1).expand(T, K)
             token_idx_N, expert_idx_N, weight_N = token_idx_TK[keep_TK], expert_idx_TK[keep_TK], weight_TK[keep_TK]
             num_dropped = (~keep_TK).sum()
         return RoutingRecord(

@@ -20,6 +20,18 @@ COMPARE_OPTIONS: dict[str, dict] = {
         "help": "latency: median ms; ratio: median / the same run's flop_matched median (portable across machines); "
         "counters: exact gate on the deterministic counters (host syncs, ATen ops, FLOPs, bytes; no threshold)",
     },
+    "--reference": {
+        "default": "flop_matched",
+        "metavar": "IMPL",
+        "help": "metric ratio: the row each median is divided by at the same point of the same run (default "
+        "flop_matched; e.g. hf_grouped_mm gates ours against transformers)",
+    },
+    "--only": {
+        "default": "",
+        "metavar": "IMPLS",
+        "help": "judge only these comma-separated rows (e.g. loop,sort_group: ours, not the transformers rows beside "
+        "them); rows outside it are neither compared nor missed",
+    },
     "--alpha": {"default": "0.01", "help": "significance level of the test, in (0, 1) (default 0.01)"},
     "--seed": {"default": "0", "help": "seed of the bootstrap resampling, >= 0 (default 0)"},
     "--strict": {
@@ -91,6 +103,8 @@ def run_compare(args: argparse.Namespace) -> int:
                 alpha=alpha,
                 seed=seed,
                 strict=args.strict,
+                reference=args.reference,
+                only=tuple(n.strip() for n in args.only.split(",") if n.strip()),
             )
     except CompareInputError as exc:
         return _fail("compare", str(exc))

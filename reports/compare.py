@@ -5,7 +5,8 @@ changed by more than the threshold; it is `same` when the 95% bootstrap interval
 threshold; anything else is `ambiguous` (too noisy to tell), which never fails CI. Noise is not a regression.
 
 metric latency: change = median(new samples) / median(base samples); test: Mann-Whitney U.
-metric ratio: each row's median over the flop_matched dense median at the same point of the same run, so a
+metric ratio: each row's median over the reference row's median (flop_matched, the dense FFN of equal FLOPs,
+unless `reference` names another row, e.g. transformers' hf_grouped_mm) at the same point of the same run, so a
 uniformly faster or slower machine cancels out; test: bootstrap (resampling within each run) of the change.
 
 A point timed on a disturbed machine in BASE or NEW is `ambiguous`, with the reason, whatever its numbers say
@@ -71,6 +72,7 @@ class Comparison:
     only_new: list[tuple[str, str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     strict: bool = False
+    reference: str = REFERENCE  # metric ratio: the row every median is divided by
 
     def verdict(self, change: float, ci: tuple[float, float], p: float) -> str:
         """slower/faster: significant at alpha and beyond the threshold; same: the CI inside it; else ambiguous."""
@@ -102,7 +104,8 @@ class Comparison:
 
 
 def compare_runs(base_dir, new_dir, **options) -> Comparison:
-    """Both runs read and judged; `options` are compare_frames' (threshold, metric, alpha, n_boot, seed, strict)."""
+    """Both runs read and judged; `options` are compare_frames' (threshold, metric, alpha, n_boot, seed, strict,
+    reference, only)."""
     try:
         (base_meta, base), (new_meta, new) = _load_both(Path(base_dir), Path(new_dir))
     except ValueError as exc:
@@ -161,11 +164,11 @@ def _labels(df: pd.DataFrame) -> pd.Series:
     return pd.Series(texts, index=df.index, dtype=object)
 
 
-def _references(df: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
-    """For each of `rows`, the ok flop_matched row at the same point of `df`: same point_id, else same group
+def _references(df: pd.DataFrame, rows: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """For each of `rows`, the ok `reference` row at the same point of `df`: same point_id, else same group
     and tokens (the same routing first). Columns impl (null where none), samples_ms, latency_ms_median,
     point_disturbed and the reference's point key."""
-    dense = df[(df["impl"] == REFERENCE) & (df["status"] == "ok")]
+    dense = df[(df["impl"] == reference) & (df["status"] == "ok")]
     dense = dense.assign(key=point_key(df)[dense.index], point_id=dense["point_id"].fillna("\0 no id"))
     left = rows.assign(point_id=rows["point_id"].fillna("\0 without an id"))  # rows without ids never meet
     group = [*GROUP_COLUMNS, "tokens"]
@@ -183,11 +186,21 @@ def compare_frames(
     n_boot: int = 1000,
     seed: int = 0,
     strict: bool = False,
+    reference: str = REFERENCE,
+    only: tuple[str, ...] = (),
 ) -> Comparison:
     if metric not in METRICS:
         raise CompareInputError(f"expected --metric one of {', '.join(METRICS)}, got {metric!r}")
+    if metric == "ratio" and not (new["impl"] == reference).any():
+        raise CompareInputError(f"--reference {reference}: NEW has no {reference} rows to divide by")
+    if only:
+        unknown = sorted(set(only) - set(base["impl"]) - set(new["impl"]))
+        if unknown:
+            raise CompareInputError(f"--only: no rows of {', '.join(unknown)} in BASE or NEW")
+        judged = {*only, reference} if metric == "ratio" else set(only)  # the reference divides, it is not judged
+        base, new = base[base["impl"].isin(judged)], new[new["impl"].isin(judged)]
     b_index, n_index = _match(base, new)
-    result = Comparison(metric, threshold, alpha, strict=strict)
+    result = Comparison(metric, threshold, alpha, strict=strict, reference=reference)
     common = [k for k in b_index if k in n_index]
     b_labels, n_labels = _labels(base), _labels(new)
     result.only_base = _listing(base, b_labels, [i for k, i in b_index.items() if k not in n_index])
@@ -200,7 +213,7 @@ def compare_frames(
         for i, impl, status, error in zip(lost.index, lost["impl"], lost["status"], lost["error"])
     ]
     b, n = b[b_ok & n_ok], n[b_ok & n_ok]
-    sets = _ratio_sets(Pair(base, new), Pair(b, n), n_labels, result.notes) if metric == "ratio" else [b, n]
+    sets = _ratio_sets(Pair(base, new), Pair(b, n), n_labels, result) if metric == "ratio" else [b, n]
     b, n = sets[0], sets[len(sets) // 2]  # the compared rows; ratio sets hold their references beside them
     medians, ci, p, tested = _judge([samples_column(f) for f in sets], n_boot, np.random.default_rng(seed))
     base_value, new_value = _sides(medians)
@@ -232,17 +245,18 @@ class Pair:
     new: pd.DataFrame
 
 
-def _ratio_sets(runs: Pair, rows: Pair, labels: pd.Series, notes: list[str]) -> list:
-    """[b, b's reference, n, n's reference] over the compared rows (b, n) that have a flop_matched reference in
-    both runs; the reference rows themselves are not compared. A note counts the rows left out."""
-    keep = (rows.new["impl"] != REFERENCE).to_numpy()
+def _ratio_sets(runs: Pair, rows: Pair, labels: pd.Series, result: Comparison) -> list:
+    """[b, b's reference, n, n's reference] over the compared rows (b, n) that have a reference row in both
+    runs; the reference rows themselves are not compared. A note counts the rows left out."""
+    reference = result.reference
+    keep = (rows.new["impl"] != reference).to_numpy()
     b, n = rows.base[keep], rows.new[keep]
-    b_ref, n_ref = _references(runs.base, b), _references(runs.new, n)
+    b_ref, n_ref = _references(runs.base, b, reference), _references(runs.new, n, reference)
     has = (b_ref["impl"].notna() & n_ref["impl"].notna()).to_numpy()
     if not has.all():
         first = n.index[~has][0]
-        notes.append(
-            f"{int((~has).sum())} rows have no {REFERENCE} reference in both runs and were not compared "
+        result.notes.append(
+            f"{int((~has).sum())} rows have no {reference} reference in both runs and were not compared "
             f"(e.g. {labels[first]} {n.at[first, 'impl']})"
         )
     return [b[has], b_ref[has], n[has], n_ref[has]]

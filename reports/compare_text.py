@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from reports.cells import fmt_ms
-from reports.compare import MAX_LISTED, REFERENCE, VERDICTS, Comparison
+from reports.compare import MAX_LISTED, VERDICTS, Comparison
 
 
 def comparison_markdown(c: Comparison) -> str:
     """The verdict table, the failing and unmatched rows, the notes and the PASS/FAIL line."""
-    unit = "ms" if c.metric == "latency" else f"x {REFERENCE}"
+    unit = "ms" if c.metric == "latency" else f"x {c.reference}"
     lines = [
         f"### moe-bench compare (metric {c.metric}, threshold {c.threshold:.1%}, alpha {c.alpha:g})",
         "",

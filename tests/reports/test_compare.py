@@ -60,6 +60,28 @@ def test_ratio_metric_ignores_a_uniformly_slower_machine(tmp_path, capsys):
     assert {p.impl for p in result.points if p.verdict == "slower"} == {"padded"}
 
 
+def test_ratio_against_a_named_reference_divides_by_that_row(tmp_path, capsys):
+    """--reference loop: every row over loop's median; loop slowing with the machine is no regression, sort_group
+    slowing 30% more than loop is; a reference that NEW lacks is one line."""
+    base = synth.make_rows(seed=1, noise_seed=1, **SMALL)
+    new = synth.scaled(synth.scaled(synth.make_rows(seed=1, noise_seed=2, **SMALL), 1.4), 1.3, impls=("sort_group",))
+    synth.write_run(tmp_path / "base", base)
+    synth.write_run(tmp_path / "new", new)
+    args = ["compare", str(tmp_path / "base"), str(tmp_path / "new"), "--metric", "ratio", "--threshold", "15%"]
+    assert main([*args, "--reference", "loop"]) == 1
+    out = capsys.readouterr().out
+    assert {line.split("|")[2].strip() for line in out.splitlines() if "**slower**" in line} == {"sort_group"}
+    assert "medians in x loop" in out and "| loop |" not in out
+    assert main([*args, "--reference", "loop", "--only", "padded,dense_all"]) == 0, "sort_group is not judged"
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| D512")]
+    judged = {cells[2].strip() for cells in rows}
+    assert judged == {"padded", "dense_all"}
+    assert main([*args, "--only", "sort_grup"]) == 2
+    assert "--only: no rows of sort_grup" in capsys.readouterr().err
+    assert main([*args, "--reference", "hf_grouped_mm"]) == 2
+    assert "--reference hf_grouped_mm: NEW has no hf_grouped_mm rows" in capsys.readouterr().err
+
+
 def test_newly_failing_point_fails_ci():
     base = synth.make_rows(**SMALL)
     new = synth.make_rows(noise_seed=5, **SMALL)
