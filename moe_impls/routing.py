@@ -194,7 +194,9 @@ class Router:
             weight_TK = probs_TE.gather(1, expert_idx_TK)
         # Noisy top-k keeps only the top-k logits before its softmax, which is this renormalisation.
         if cfg.normalize_topk or cfg.router == "noisy_topk":
-            weight_TK = weight_TK / weight_TK.sum(-1, keepdim=True).clamp_min(1e-20)
+            total_T1 = weight_TK.sum(-1, keepdim=True)
+            # A softmax's top-k sum is at least 1/E; only sigmoid scores can underflow to a zero sum.
+            weight_TK = weight_TK / (total_T1.clamp_min(1e-20) if cfg.router == "sigmoid_topk" else total_T1)
         capacity = cfg.capacity(T)
         if capacity is None:  # every choice kept, token by token
             with torch.no_grad():

@@ -134,13 +134,17 @@ def versus_peers(df: pd.DataFrame) -> tuple[list[str], Rows]:
     both = ours.merge(theirs[[*POINT, *sides]], on=POINT, suffixes=("", "_theirs"))
     theirs = both[[f"{c}_theirs" for c in sides]].set_axis(sides, axis=1)
     p = mann_whitney_p(samples_column(both), samples_column(theirs))
-    rows = map(_peer_row, _columns(both, OWN_COLUMNS), _columns(theirs, sides[:2]), p)
+    compile_s = both["compile_s"].tolist() if "compile_s" in both else [None] * len(both)
+    rows = map(_peer_row, _columns(both, OWN_COLUMNS), _columns(theirs, sides[:2]), p, compile_s)
     return headers, _by_group(both, rows)
 
 
-def _peer_row(own: tuple, theirs: tuple, p: float) -> list[Cell]:
-    """Our fastest at a point (`own`: OWN_COLUMNS) against the fastest transformers one (`theirs`: impl, median)."""
+def _peer_row(own: tuple, theirs: tuple, p: float, compile_s: float | None) -> list[Cell]:
+    """Our fastest at a point (`own`: OWN_COLUMNS) against the fastest transformers one (`theirs`: impl, median);
+    a compiled winner says what compiling it cost."""
     _, tokens, routing, impl, median, mark = own
+    if compile_s is not None and not pd.isna(compile_s):
+        impl = f"{impl} (compiled in {compile_s:.3g} s)"
     their_impl, their_ms = theirs
     ratio = median / their_ms
     shown: list[Cell] = [Number(ratio, significant(3)), Number(p, significant(2))]

@@ -85,12 +85,15 @@ def test_render_raises_one_line_on_bad_input(tmp_path):
         render_report(tmp_path / "missing")
 
 
-def test_versus_peers_table_compares_our_best_with_the_best_transformers_row():
+@pytest.mark.parametrize("compiled", [False, True])
+def test_versus_peers_table_compares_our_best_with_the_best_transformers_row(compiled):
+    """Our fastest row against transformers' fastest; a compiled winner is named with what compiling it cost."""
     from reports import tables
     from reports.load import normalise
 
     rows = []
-    for impl, scale in [("sort_group", 1.0), ("loop", 1.5), ("hf_grouped_mm", 1.25), ("hf_eager", 2.0)]:
+    ours = [("sort_group+compile", 1.0), ("sort_group", 1.1)] if compiled else [("sort_group", 1.0)]
+    for impl, scale in [*ours, ("loop", 1.5), ("hf_grouped_mm", 1.25), ("hf_eager", 2.0)]:
         samples = [scale * (1 + 0.01 * i) for i in range(10)]
         rows.append(
             dict(
@@ -109,9 +112,11 @@ def test_versus_peers_table_compares_our_best_with_the_best_transformers_row():
                 status="ok",
                 samples_ms=samples,
                 latency_ms_median=sorted(samples)[5],
+                compile_s=41.7 if impl.endswith("+compile") else None,
             )
         )
     headers, table = tables.versus_peers(normalise(pd.DataFrame(rows)).assign(group=0))
     ((row,),) = table.values()
-    assert row[2] == "sort_group" and row[4] == "hf_grouped_mm"
+    assert row[2] == ("sort_group+compile (compiled in 41.7 s)" if compiled else "sort_group")
+    assert row[4] == "hf_grouped_mm"
     assert row[6].value == pytest.approx(0.8, rel=1e-3) and row[-1] == "faster"
