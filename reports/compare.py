@@ -189,16 +189,7 @@ def compare_frames(
     reference: str = REFERENCE,
     only: tuple[str, ...] = (),
 ) -> Comparison:
-    if metric not in METRICS:
-        raise CompareInputError(f"expected --metric one of {', '.join(METRICS)}, got {metric!r}")
-    if metric == "ratio" and not (new["impl"] == reference).any():
-        raise CompareInputError(f"--reference {reference}: NEW has no {reference} rows to divide by")
-    if only:
-        unknown = sorted(set(only) - set(base["impl"]) - set(new["impl"]))
-        if unknown:
-            raise CompareInputError(f"--only: no rows of {', '.join(unknown)} in BASE or NEW")
-        judged = {*only, reference} if metric == "ratio" else set(only)  # the reference divides, it is not judged
-        base, new = base[base["impl"].isin(judged)], new[new["impl"].isin(judged)]
+    base, new = _selected(Pair(base, new), metric, reference, only)
     b_index, n_index = _match(base, new)
     result = Comparison(metric, threshold, alpha, strict=strict, reference=reference)
     common = [k for k in b_index if k in n_index]
@@ -243,6 +234,22 @@ class Pair:
 
     base: pd.DataFrame
     new: pd.DataFrame
+
+
+def _selected(runs: Pair, metric: str, reference: str, only: tuple[str, ...]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The rows compare reads: all, or `only` those (and the ratio's reference, which divides but is not judged);
+    a bad metric, a reference NEW lacks or a name in neither run is one line."""
+    if metric not in METRICS:
+        raise CompareInputError(f"expected --metric one of {', '.join(METRICS)}, got {metric!r}")
+    if metric == "ratio" and not (runs.new["impl"] == reference).any():
+        raise CompareInputError(f"--reference {reference}: NEW has no {reference} rows to divide by")
+    if not only:
+        return runs.base, runs.new
+    unknown = sorted(set(only) - set(runs.base["impl"]) - set(runs.new["impl"]))
+    if unknown:
+        raise CompareInputError(f"--only: no rows of {', '.join(unknown)} in BASE or NEW")
+    judged = {*only, reference} if metric == "ratio" else set(only)
+    return runs.base[runs.base["impl"].isin(judged)], runs.new[runs.new["impl"].isin(judged)]
 
 
 def _ratio_sets(runs: Pair, rows: Pair, labels: pd.Series, result: Comparison) -> list:
