@@ -143,7 +143,7 @@ def _peer_row(own: tuple, theirs: tuple, p: float, compile_s: float | None) -> l
     """Our fastest at a point (`own`: OWN_COLUMNS) against the fastest transformers one (`theirs`: impl, median);
     a compiled winner says what compiling it cost."""
     _, tokens, routing, impl, median, mark = own
-    if compile_s is not None and not pd.isna(compile_s):
+    if not pd.isna(compile_s):  # None and NaN: not a compiled row
         impl = f"{impl} (compiled in {compile_s:.3g} s)"
     their_impl, their_ms = theirs
     ratio = median / their_ms
