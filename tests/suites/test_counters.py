@@ -332,3 +332,15 @@ def test_host_syncs_equal_the_warnings_of_cuda_sync_debug_mode(dtype):
     assert not wrong, f"(counted, warned) differ: {wrong}"
     assert found[("sort_group", "forward")][0] == (0 if dtype == torch.bfloat16 else 2)
     assert found[(EXTRA_SYNC, "forward")][0] == found[("sort_group", "forward")][0] + 1
+
+
+def test_a_decode_forward_dispatches_no_op_it_need_not():
+    """One token, softmax top-2 of 8: sort_group's forward, router included, dispatches 30 ATen ops (39 before the
+    router took the top-k values as its weights, built token ids in one division, skipped reshapes of a [T, D]
+    input and an unneeded clamp, and the offsets came from one int32 cumsum). Each op is a launch on a GPU."""
+    cfg = MoEConfig(d_model=256, d_ff=512, num_experts=8, top_k=2)
+    layer, x = moe_impls.get("sort_group")(MoEWeights(cfg)), torch.randn(1, 256)
+    with torch.no_grad():
+        layer(x)
+        counted = count(lambda: layer(x))
+    assert counted.aten_ops <= 30 and counted.host_syncs == 0, counted
