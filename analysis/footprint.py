@@ -51,12 +51,12 @@ def _activation_peak(rows: int, call: Call, d_ff: int | None = None) -> tuple[in
 
 
 def router_bytes(call: Call) -> int:
-    """Logits and probabilities [T, E] in fp32 (plus the matmul's own output when it is not fp32), the top-k
-    indices and weights, and the flattened token indices; all live until the call returns."""
+    """Logits [T, E] in fp32 (plus the matmul's own output when it is not fp32), the top-k logits, their softmax
+    (the weights) and indices; all live until the call returns. A renormalised softmax top-k, the usual router,
+    never makes the full [T, E] probabilities; the other routers' [T, E] more is left out of the model."""
     t, e, n = call.tokens, call.num_experts, call.assignments
-    logits = t * e * FP32 * 2 + (t * e * call.elem_bytes if call.elem_bytes != FP32 else 0)
-    saved = n * FP32 * 2 if call.train else 0  # the top-k weights before and after renormalising, for backward
-    return logits + n * (INDEX + FP32) + n * INDEX + saved
+    logits = t * e * FP32 + (t * e * call.elem_bytes if call.elem_bytes != FP32 else 0)
+    return logits + n * (INDEX + 2 * FP32)
 
 
 def _saved_per_row(call: Call) -> int:

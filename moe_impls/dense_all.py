@@ -27,8 +27,8 @@ class DenseAllMoE(MoELayer):
         T, E = x_TD.shape[0], self.cfg.num_experts
         with torch.no_grad():
             token_idx_N = torch.arange(T, device=x_TD.device).repeat(E)
-        weight_N = routing.gates_TE.t().reshape(-1)
-        return x_TD, Dispatch(num_tokens=T, token_idx_N=token_idx_N, weight_N=weight_N, computed_rows=E * T)
+        weight_N1 = routing.gates_TE.t().reshape(-1, 1)
+        return x_TD, Dispatch(num_tokens=T, token_idx_N=token_idx_N, weight_N1=weight_N1, computed_rows=E * T)
 
     def expert_outputs(self, x_TD: torch.Tensor, dispatch: Dispatch) -> torch.Tensor:
         experts = self.experts

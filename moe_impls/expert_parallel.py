@@ -116,9 +116,9 @@ class EPTraffic:
 class EPDispatch(SortedDispatch):
     """The dispatch exchange's hand-off (no gradients here), read in two directions.
 
-    Expert compute reads the received side: the M rows this rank's experts compute, in segments of
-    `tokens_per_expert_E` (here [L], the local experts' counts summed over the sending ranks), `computed_rows`
-    = M. The combine exchange reads the sent side: `token_idx_N` and `weight_N` are this rank's N assignments
+    Expert compute reads the received side: the M rows this rank's experts compute, in segments ending at
+    `offsets_E` (here [L], from the local experts' counts summed over the sending ranks), `computed_rows`
+    = M. The combine exchange reads the sent side: `token_idx_N` and `weight_N1` are this rank's N assignments
     in the order they left (by expert, hence by owning rank), which is the order their outputs come back in.
     """
 
@@ -191,12 +191,12 @@ class ExpertParallelMoE(SortGroupMoE):
         tokens_per_expert_E = routing.tokens_per_expert_E
         with torch.no_grad():
             order_N = torch.sort(routing.expert_idx_N, stable=True).indices
-            token_idx_N = routing.token_idx_N[order_N]
             recv_counts_RL = torch.empty_like(tokens_per_expert_E)
             dist.all_to_all_single(recv_counts_RL, tokens_per_expert_E.contiguous(), group=self.group)
             recv_counts_RL = recv_counts_RL.view(R, L)
             send_R, recv_R = torch.stack([tokens_per_expert_E.view(R, L).sum(1), recv_counts_RL.sum(1)]).tolist()
             regroup_M, local_expert_M = self._regroup(recv_counts_RL, sum(recv_R))
+        token_idx_N, weight_N1 = routing.in_order(order_N)
         x_MD = _AllToAll.apply(x_TD[token_idx_N], send_R, recv_R, self.group)
         if regroup_M is not None:
             x_MD = x_MD[regroup_M]
@@ -210,9 +210,9 @@ class ExpertParallelMoE(SortGroupMoE):
         sent = EPDispatch(
             num_tokens=x_TD.shape[0],
             token_idx_N=token_idx_N,
-            weight_N=routing.weight_N[order_N],
+            weight_N1=weight_N1,
             computed_rows=x_MD.shape[0],
-            tokens_per_expert_E=recv_counts_RL.sum(0),
+            offsets_E=torch.cumsum(recv_counts_RL.sum(0), 0, dtype=torch.int32),
             expert_idx_N=local_expert_M,
             regroup_M=regroup_M,
             traffic=traffic,

@@ -25,7 +25,8 @@ class LoopMoE(MoELayer):
 
     def expert_outputs(self, x_TD: torch.Tensor, dispatch: SortedDispatch) -> torch.Tensor:
         experts = self.experts
-        counts = dispatch.tokens_per_expert_E.tolist()  # the one host sync: where each expert's segment ends
+        ends = dispatch.offsets_E.tolist()  # the one host sync: where each expert's segment ends
+        counts = [end - start for start, end in zip([0, *ends], ends)]
         # Views taken once: indexing w[e] per expert would give each expert's backward a full-size zero
         # gradient of all E experts to add; unbind's backward stacks the E slices once.
         w_in_E, w_out_E = experts.w_in_EHD.unbind(0), experts.w_out_EDF.unbind(0)

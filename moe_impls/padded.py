@@ -39,7 +39,7 @@ class PaddedMoE(MoELayer):
         buffer_ECD = (
             x_TD.new_zeros(E * capacity, D).index_copy(0, slot_N, x_TD[routing.token_idx_N]).view(E, capacity, D)
         )
-        dispatch = PaddedDispatch(T, routing.token_idx_N, routing.weight_N, E * capacity, slot_N)
+        dispatch = PaddedDispatch(T, routing.token_idx_N, routing.weight_N.unsqueeze(-1), E * capacity, slot_N)
         return buffer_ECD, dispatch
 
     def expert_outputs(self, buffer_ECD: torch.Tensor, dispatch: PaddedDispatch) -> torch.Tensor:

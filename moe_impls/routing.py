@@ -18,36 +18,72 @@ from moe_impls.config import MoEConfig, SyntheticRouting
 from moe_impls.weights import MoEWeights
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Assignments:
     """Which expert computes each assignment and its weight: all that dispatch and combine read, whether our
-    router decided it or a transformers model's own (`from_top_k`)."""
+    router decided it or a transformers model's own (`from_top_k`).
 
-    token_idx_N: torch.Tensor  # int64
-    expert_idx_N: torch.Tensor  # int64
-    weight_N: torch.Tensor  # fp32, multiplies expert output in combine
-    tokens_per_expert_E: torch.Tensor  # int64, assignments each expert computes
+    Token choice keeps every token's K choices as [T, K]; where every choice is an assignment (no capacity),
+    the flat N = T*K form is their view, token by token, and a token's id is implied by its position. `kept`
+    holds the flat form where it is not (capacity drops, expert choice). Whatever dispatch does not read is
+    derived on first use, never in the forward: each derived tensor would be a kernel launch per call.
+    """
+
+    num_experts: int
+    expert_idx_TK: torch.Tensor | None = None  # token choice: each token's K chosen experts (before any drop)
+    weight_TK: torch.Tensor | None = None  # fp32, multiplies expert output in combine
+    kept: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (token_idx_N, expert_idx_N, weight_N)
 
     @classmethod
     def from_top_k(cls, expert_idx_TK: torch.Tensor, weight_TK: torch.Tensor, num_experts: int) -> Assignments:
         """Every token's K choices, token by token (as our token-choice router orders them); no host sync."""
+        return cls(num_experts=num_experts, expert_idx_TK=expert_idx_TK.long(), weight_TK=weight_TK.float())
+
+    @property
+    def token_idx_N(self) -> torch.Tensor:
+        """int64 [N]: the token of each assignment."""
+        if self.kept is not None:
+            return self.kept[0]
         with torch.no_grad():
-            T, K = expert_idx_TK.shape
-            token_idx_N = torch.arange(T * K, device=expert_idx_TK.device) // K
-            expert_idx_N = expert_idx_TK.reshape(-1).long()
-            counts_E = count_per_expert(expert_idx_N, num_experts)
-        return cls(token_idx_N, expert_idx_N, weight_TK.reshape(-1).float(), counts_E)
+            T, K = self.expert_idx_TK.shape
+            return torch.arange(T * K, device=self.expert_idx_TK.device).div_(K, rounding_mode="floor")
+
+    @property
+    def expert_idx_N(self) -> torch.Tensor:
+        """int64 [N]: the expert that computes each assignment."""
+        return self.kept[1] if self.kept is not None else self.expert_idx_TK.view(-1)
+
+    @property
+    def weight_N(self) -> torch.Tensor:
+        """fp32 [N], with its graph to the router however the caller's grad mode stands."""
+        with torch.enable_grad():
+            return self.kept[2] if self.kept is not None else self.weight_TK.view(-1)
+
+    @property
+    def tokens_per_expert_E(self) -> torch.Tensor:
+        """int64 [E]: assignments each expert computes."""
+        return count_per_expert(self.expert_idx_N, self.num_experts)
+
+    def in_order(self, order_N: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(token_idx, weight as [M, 1]) of the assignments `order_N` picks, in its order: where token ids are
+        implied, one division rather than materialising them and gathering."""
+        if self.kept is not None:
+            with torch.enable_grad():
+                weight_M1 = self.kept[2][order_N].unsqueeze(-1)
+            return self.kept[0][order_N], weight_M1
+        with torch.no_grad():
+            token_idx_M = order_N.div(self.expert_idx_TK.shape[1], rounding_mode="floor")
+        with torch.enable_grad():
+            return token_idx_M, self.weight_TK.view(-1, 1)[order_N]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RoutingRecord(Assignments):
     """What the router decided for one forward, plus what the balance statistics and losses need."""
 
-    num_dropped: torch.Tensor  # int64 scalar, assignments dropped by capacity
     logits_TE: torch.Tensor  # fp32 router logits (noisy top-k: the noisy logits H)
-    probs_TE: torch.Tensor  # fp32 router probabilities (sigmoid top-k: the sigmoid scores)
-    expert_idx_TK: torch.Tensor | None = None  # token choice: chosen experts before capacity drops
-    weight_TK: torch.Tensor | None = None
+    computed_probs_TE: torch.Tensor | None = None  # where the router needed them; else probs_TE derives them
+    dropped: torch.Tensor | None = None  # int64 scalar, assignments dropped by capacity; None: none dropped
     clean_logits_TE: torch.Tensor | None = None  # noisy top-k only: x W_g
     noise_std_TE: torch.Tensor | None = None  # noisy top-k only: softplus(x W_noise); None in eval
 
@@ -56,8 +92,19 @@ class RoutingRecord(Assignments):
         return self.logits_TE.shape[0]
 
     @property
-    def num_experts(self) -> int:
-        return self.logits_TE.shape[1]
+    def probs_TE(self) -> torch.Tensor:
+        """fp32 router probabilities (sigmoid top-k: the sigmoid scores), with their graph to the router."""
+        if self.computed_probs_TE is not None:
+            return self.computed_probs_TE
+        with torch.enable_grad():
+            return torch.softmax(self.logits_TE, dim=-1)
+
+    @property
+    def num_dropped(self) -> torch.Tensor:
+        """int64 scalar: assignments dropped by capacity."""
+        if self.dropped is not None:
+            return self.dropped
+        return torch.zeros((), dtype=torch.long, device=self.logits_TE.device)
 
     @property
     def gates_TE(self) -> torch.Tensor:
@@ -159,67 +206,73 @@ class Router:
         logits_TE = F.linear(x_TD, weights.router.weight).float()
         if self.cfg.router == "expert_choice":
             return self._expert_choice(logits_TE)
-        extra: dict[str, torch.Tensor | None] = {}
-        if self.cfg.router == "softmax_topk":
-            probs_TE = torch.softmax(logits_TE, dim=-1)
-            select_TE = probs_TE
-        elif self.cfg.router == "sigmoid_topk":
+        if self.cfg.router == "sigmoid_topk":
             probs_TE = torch.sigmoid(logits_TE)
-            select_TE = probs_TE + weights.router.e_score_correction_bias
-        else:  # noisy_topk, Shazeer et al. 2017 eqs. 3-5
+            return self._sigmoid_choice(logits_TE, probs_TE, probs_TE + weights.router.e_score_correction_bias)
+        extra: dict[str, torch.Tensor] = {}
+        if self.cfg.router == "noisy_topk":  # Shazeer et al. 2017 eqs. 3-5
             extra["clean_logits_TE"] = logits_TE
             if training:
                 noise_std_TE = F.softplus(F.linear(x_TD, weights.router.noise_weight).float())
                 noise = torch.randn(logits_TE.shape, generator=self._generator(x_TD.device), device=x_TD.device)
                 logits_TE = logits_TE + noise * noise_std_TE
                 extra["noise_std_TE"] = noise_std_TE
-            probs_TE = torch.softmax(logits_TE, dim=-1)
-            select_TE = logits_TE
-        return self._token_choice(logits_TE, probs_TE, select_TE, **extra)
+        return self._softmax_choice(logits_TE, **extra)
 
-    def _token_choice(
-        self, logits_TE: torch.Tensor, probs_TE: torch.Tensor, select_TE: torch.Tensor, **extra
-    ) -> RoutingRecord:
+    def _softmax_choice(self, logits_TE: torch.Tensor, **extra) -> RoutingRecord:
+        """Top-k of the softmax. Renormalised over the k (noisy top-k always: it keeps only the top-k logits before
+        its softmax), the weights are the softmax of the k chosen logits, the same function with two ops rather
+        than four, and the full softmax is derived only if a loss or a statistic asks for it."""
         cfg = self.cfg
-        T, E = probs_TE.shape
-        K, device = cfg.top_k, probs_TE.device
-        if cfg.synthetic is None and select_TE is probs_TE:  # the top-k values are the weights: no gather
-            weight_TK, expert_idx_TK = torch.topk(probs_TE, K, dim=-1)
+        K = cfg.top_k
+        if not (cfg.normalize_topk or cfg.router == "noisy_topk"):
+            probs_TE = torch.softmax(logits_TE, dim=-1)
+            if cfg.synthetic is None:
+                weight_TK, expert_idx_TK = torch.topk(probs_TE, K, dim=-1)
+            else:
+                expert_idx_TK = self._synthetic(probs_TE)
+                weight_TK = probs_TE.gather(1, expert_idx_TK)
+            return self._record(logits_TE, expert_idx_TK, weight_TK, computed_probs_TE=probs_TE, **extra)
+        if cfg.synthetic is None:
+            top_logits_TK, expert_idx_TK = torch.topk(logits_TE, K, dim=-1)
         else:
-            with torch.no_grad():
-                if cfg.synthetic is not None:
-                    expert_idx_TK = synthetic_expert_idx(T, E, K, cfg.synthetic).to(device)
-                else:
-                    expert_idx_TK = torch.topk(select_TE, K, dim=-1).indices
-            weight_TK = probs_TE.gather(1, expert_idx_TK)
-        # Noisy top-k keeps only the top-k logits before its softmax, which is this renormalisation.
-        if cfg.normalize_topk or cfg.router == "noisy_topk":
-            total_T1 = weight_TK.sum(-1, keepdim=True)
-            # A softmax's top-k sum is at least 1/E; only sigmoid scores can underflow to a zero sum.
-            weight_TK = weight_TK / (total_T1.clamp_min(1e-20) if cfg.router == "sigmoid_topk" else total_T1)
-        capacity = cfg.capacity(T)
-        if capacity is None:  # every choice kept, token by token
-            with torch.no_grad():
-                token_idx_N = torch.arange(T * K, device=device).div_(K, rounding_mode="floor")
-            expert_idx_N, weight_N = expert_idx_TK.view(-1), weight_TK.view(-1)
-            num_dropped = torch.zeros((), dtype=torch.long, device=device)
-        else:
+            expert_idx_TK = self._synthetic(logits_TE)
+            top_logits_TK = logits_TE.gather(1, expert_idx_TK)
+        return self._record(logits_TE, expert_idx_TK, torch.softmax(top_logits_TK, dim=-1), **extra)
+
+    def _sigmoid_choice(
+        self, logits_TE: torch.Tensor, probs_TE: torch.Tensor, select_TE: torch.Tensor
+    ) -> RoutingRecord:
+        """DeepSeek-V3: experts chosen on the biased scores, weighted by the unbiased ones."""
+        with torch.no_grad():
+            if self.cfg.synthetic is None:
+                expert_idx_TK = torch.topk(select_TE, self.cfg.top_k, dim=-1).indices
+            else:
+                expert_idx_TK = self._synthetic(select_TE)
+        weight_TK = probs_TE.gather(1, expert_idx_TK)
+        if self.cfg.normalize_topk:  # sigmoid scores, unlike a softmax's top-k, can underflow to a zero sum
+            weight_TK = weight_TK / weight_TK.sum(-1, keepdim=True).clamp_min(1e-20)
+        return self._record(logits_TE, expert_idx_TK, weight_TK, computed_probs_TE=probs_TE)
+
+    def _synthetic(self, scores_TE: torch.Tensor) -> torch.Tensor:
+        """The configured synthetic choice of experts, on the scores' device (a host-side table copied in)."""
+        T, E = scores_TE.shape
+        return synthetic_expert_idx(T, E, self.cfg.top_k, self.cfg.synthetic).to(scores_TE.device)
+
+    def _record(
+        self, logits_TE: torch.Tensor, expert_idx_TK: torch.Tensor, weight_TK: torch.Tensor, **extra
+    ) -> RoutingRecord:
+        """Token choice's record; with a capacity, the assignments that fit (GShard priority) are `kept`."""
+        T, E = logits_TE.shape
+        capacity = self.cfg.capacity(T)
+        if capacity is not None:
             with torch.no_grad():
                 keep_TK = topk_priority_keep(expert_idx_TK, E, capacity)
-                token_idx_TK = torch.arange(T, device=device).unsqueeze(1).expand(T, K)
-            token_idx_N, expert_idx_N, weight_N = token_idx_TK[keep_TK], expert_idx_TK[keep_TK], weight_TK[keep_TK]
-            num_dropped = (~keep_TK).sum()
+                token_idx_TK = torch.arange(T, device=logits_TE.device).unsqueeze(1).expand_as(expert_idx_TK)
+            extra["kept"] = (token_idx_TK[keep_TK], expert_idx_TK[keep_TK], weight_TK[keep_TK])
+            extra["dropped"] = (~keep_TK).sum()
         return RoutingRecord(
-            token_idx_N=token_idx_N,
-            expert_idx_N=expert_idx_N,
-            weight_N=weight_N,
-            tokens_per_expert_E=count_per_expert(expert_idx_N, E),
-            num_dropped=num_dropped,
-            logits_TE=logits_TE,
-            probs_TE=probs_TE,
-            expert_idx_TK=expert_idx_TK,
-            weight_TK=weight_TK,
-            **extra,
+            num_experts=E, expert_idx_TK=expert_idx_TK, weight_TK=weight_TK, logits_TE=logits_TE, **extra
         )
 
     def _expert_choice(self, logits_TE: torch.Tensor) -> RoutingRecord:
@@ -230,11 +283,8 @@ class Router:
         weight_EC, token_idx_EC = torch.topk(probs_TE.t(), capacity, dim=-1)
         expert_idx_EC = torch.arange(E, device=logits_TE.device).unsqueeze(1).expand(E, capacity)
         return RoutingRecord(
-            token_idx_N=token_idx_EC.reshape(-1),
-            expert_idx_N=expert_idx_EC.reshape(-1),
-            weight_N=weight_EC.reshape(-1),
-            tokens_per_expert_E=torch.full((E,), capacity, dtype=torch.long, device=logits_TE.device),
-            num_dropped=torch.zeros((), dtype=torch.long, device=logits_TE.device),
+            num_experts=E,
+            kept=(token_idx_EC.reshape(-1), expert_idx_EC.reshape(-1), weight_EC.reshape(-1)),
             logits_TE=logits_TE,
-            probs_TE=probs_TE,
+            computed_probs_TE=probs_TE,
         )

@@ -48,7 +48,7 @@ class SortGroupMoE(MoELayer):
         return x_TD[dispatch.token_idx_N], dispatch
 
     def expert_outputs(self, x_ND: torch.Tensor, dispatch: SortedDispatch) -> torch.Tensor:
-        experts, offsets_E = self.experts, dispatch.offsets_E()
+        experts, offsets_E = self.experts, dispatch.offsets_E
         h_NH = _plus(self.grouped_mm(x_ND, experts.w_in_EHD, offsets_E), experts.bias_in_EH, dispatch)
         out_ND = self.grouped_mm(experts.activate(h_NH), experts.w_out_EDF, offsets_E)
         return _plus(out_ND, experts.bias_out_ED, dispatch)

@@ -14,13 +14,11 @@ def record(expert_idx_N: list[int], computed_rows: int | None, num_dropped: int 
     n = len(expert_idx_N)
     experts = torch.tensor(expert_idx_N)
     return LayerRecord(
-        token_idx_N=torch.arange(n),
-        expert_idx_N=experts,
-        weight_N=torch.ones(n),
-        tokens_per_expert_E=torch.bincount(experts, minlength=3),
-        num_dropped=torch.tensor(num_dropped),
+        num_experts=3,
+        kept=(torch.arange(n), experts, torch.ones(n)),
+        dropped=torch.tensor(num_dropped),
         logits_TE=torch.zeros(4, 3),
-        probs_TE=torch.full((4, 3), 1 / 3),
+        computed_probs_TE=torch.full((4, 3), 1 / 3),
         computed_rows=computed_rows,
     )
 

@@ -26,8 +26,9 @@ def test_sort_by_expert_is_torch_sort_stable_and_keeps_each_rows_weight():
     dispatch = sort_by_expert(x_TD, routing)
     order_N = torch.sort(routing.expert_idx_N, stable=True).indices
     assert torch.equal(dispatch.token_idx_N, routing.token_idx_N[order_N])
-    assert torch.equal(dispatch.weight_N, routing.weight_N[order_N])
-    assert torch.equal(dispatch.offsets_E(), torch.cumsum(routing.tokens_per_expert_E, 0).int())
+    assert torch.equal(dispatch.weight_N1, routing.weight_N[order_N].unsqueeze(-1))
+    assert dispatch.offsets_E.dtype == torch.int32
+    assert torch.equal(dispatch.offsets_E, torch.cumsum(routing.tokens_per_expert_E, 0).int())
     assert dispatch.num_tokens == 40 and dispatch.computed_rows == 80
 
 
@@ -35,7 +36,8 @@ def test_combine_is_the_weighted_scatter_add_in_fp32():
     token_idx_N = torch.tensor([2, 0, 2, 1, 0])
     weight_N = torch.tensor([0.5, 0.25, 0.5, 1.0, 0.75])
     out_ND = torch.arange(10, dtype=torch.bfloat16).view(5, 2)
-    y_TD = combine(out_ND, Dispatch(num_tokens=4, token_idx_N=token_idx_N, weight_N=weight_N, computed_rows=5))
+    dispatch = Dispatch(num_tokens=4, token_idx_N=token_idx_N, weight_N1=weight_N[:, None], computed_rows=5)
+    y_TD = combine(out_ND, dispatch)
     expected = torch.zeros(4, 2).scatter_add_(0, token_idx_N[:, None].expand(5, 2), out_ND.float() * weight_N[:, None])
     assert y_TD.dtype == torch.float32 and torch.equal(y_TD, expected)
     assert torch.equal(y_TD[3], torch.zeros(2))  # a token no row went back to

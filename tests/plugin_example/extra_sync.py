@@ -1,7 +1,7 @@
 """A plug-in that is right but slower in a way no timer sees reliably: one more host synchronisation per call.
 
-`make_layer` wraps the built-in sort_group layer and reads one value back to the host (`.item()`) before
-returning, as a stray debugging line or a `float(loss)` would. Its output equals sort_group's exactly; the
+`make_layer` wraps the built-in sort_group layer and reads the chosen experts back to the host before
+returning (`.tolist()`), as a stray debugging line or a `float(loss)` would. Its output equals sort_group's exactly; the
 counters gate (reports/counters_gate.py) must fail it on `host_syncs`.
 """
 
@@ -21,7 +21,7 @@ class ExtraSync(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RoutingRecord]:
         y, routing = self.inner(x)
-        routing.num_dropped.item()  # the planted sync: an existing 0-d tensor, read and never used
+        routing.expert_idx_TK.tolist()  # the planted sync: existing values, read and never used
         return y, routing
 
 

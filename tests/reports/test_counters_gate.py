@@ -85,13 +85,7 @@ def test_a_planted_item_fails_the_gate_one_line_per_row_naming_host_syncs(base_r
     for line in failing:
         assert "| sort_group: host_syncs " in line and "(1 new host sync)" in line
         assert any(f"host_syncs {n} -> {n + 1} " in line for n in base_syncs.values())
-        assert line.endswith(" (also aten_ops {} -> {})".format(*_ops(line)))  # + _local_scalar_dense, within 10%
-        assert "counted_flops" not in line and "alloc_bytes" not in line
-
-
-def _ops(line: str) -> tuple[int, int]:
-    base = int(line.split("aten_ops ")[1].split(" ")[0])
-    return base, base + 1
+        assert "aten_ops" not in line and "counted_flops" not in line and "alloc_bytes" not in line
 
 
 def test_the_unchanged_build_counted_20_times_passes_20_times(tmp_path, capsys):

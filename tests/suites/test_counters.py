@@ -258,15 +258,15 @@ def test_counting_the_unchanged_build_20_times_gives_identical_counters(name, mo
     assert runs.count(runs[0]) == 20, sorted(set(runs), key=str)
 
 
-def test_the_planted_item_is_one_more_host_sync_and_one_more_op():
+def test_the_planted_read_is_one_more_host_sync_and_nothing_else():
     cfg = SHAPES["swiglu-8x2"]
     for mode in MODES:
         clean = count(*warm_call(build("sort_group", cfg), *inputs(cfg, 32), mode))
         planted = count(*warm_call(build(EXTRA_SYNC, cfg), *inputs(cfg, 32), mode))
         assert planted.host_syncs == clean.host_syncs + 1
-        assert dict(planted.syncs_by_op)["Tensor.item"] == 1
+        assert dict(planted.syncs_by_op)["Tensor.tolist"] == 1
         assert planted.counted_flops == clean.counted_flops
-        assert planted.aten_ops == clean.aten_ops + 1  # _local_scalar_dense
+        assert planted.aten_ops == clean.aten_ops  # tolist reads the values without an ATen op
         assert planted.alloc_bytes == clean.alloc_bytes
 
 
@@ -335,12 +335,13 @@ def test_host_syncs_equal_the_warnings_of_cuda_sync_debug_mode(dtype):
 
 
 def test_a_decode_forward_dispatches_no_op_it_need_not():
-    """One token, softmax top-2 of 8: sort_group's forward, router included, dispatches 30 ATen ops (39 before the
-    router took the top-k values as its weights, built token ids in one division, skipped reshapes of a [T, D]
-    input and an unneeded clamp, and the offsets came from one int32 cumsum). Each op is a launch on a GPU."""
+    """One token, softmax top-2 of 8: sort_group's forward, router included, dispatches 21 ATen ops (39 before: the
+    router took the top-k values as its weights and skipped reshapes of a [T, D] input and an unneeded clamp; 30
+    before the routing record derived counts, token ids, the full softmax and the drop count only on use and the
+    segment ends came from one binary search of the sorted experts). Each op that is not a view is a GPU launch."""
     cfg = MoEConfig(d_model=256, d_ff=512, num_experts=8, top_k=2)
     layer, x = moe_impls.get("sort_group")(MoEWeights(cfg)), torch.randn(1, 256)
     with torch.no_grad():
         layer(x)
         counted = count(lambda: layer(x))
-    assert counted.aten_ops <= 30 and counted.host_syncs == 0, counted
+    assert counted.aten_ops <= 21 and counted.host_syncs == 0, counted
