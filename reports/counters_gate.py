@@ -5,6 +5,7 @@ input, never on the machine's noise, so there is no statistics here: per (point,
 
     host_syncs     grew at all: a new host synchronisation stalls every call on a GPU and breaks CUDA graphs
     aten_ops       grew by more than ATEN_OPS_GROWTH: more launches (a view or a cast more is not a regression)
+    launch_ops     grew by more than ATEN_OPS_GROWTH (checked where both runs counted it)
     counted_flops  changed at all, either way: the same layer on the same input must do the same matmuls
     alloc_bytes    changed at all, either way: a new buffer, or a different shape of one
 
@@ -49,6 +50,7 @@ def _any_change(base: int, new: int) -> str | None:
 RULES: dict[str, Callable[[int, int], str | None]] = {
     "counted_flops": _any_change,
     "aten_ops": _many_more_ops,
+    "launch_ops": _many_more_ops,  # newer than the others: a run without it is compared on the rest
     "host_syncs": _more_syncs,
     "alloc_bytes": _any_change,
 }
@@ -103,7 +105,9 @@ class CountersGate:
 
     def markdown(self) -> str:
         growth = f"{ATEN_OPS_GROWTH:.0%}"
-        lines = [f"### moe-bench compare (metric counters: exact; aten_ops may grow {growth}, host_syncs may fall)"]
+        lines = [
+            f"### moe-bench compare (metric counters: exact; aten_ops and launch_ops may grow {growth}, host_syncs may fall)"
+        ]
         failing = [r.line() for r in self.failing]
         failing += [f"- FAIL {pt} | {impl}: status ok -> {st} ({why})" for pt, impl, st, why in self.broken]
         if failing:
@@ -176,6 +180,8 @@ def _check(b, n) -> RowCheck:
     # the loader reads numbers as float64: exact for counts below 2**53 (9e15)
     changes = []
     for counter, rule in RULES.items():
+        if pd.isna(b.get(counter)) or pd.isna(n.get(counter)):
+            continue
         base, new = int(b[counter]), int(n[counter])
         if base != new:
             changes.append(Change(counter, base, new, rule(base, new)))

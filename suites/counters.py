@@ -7,7 +7,8 @@ every timed call, under three of torch's own interposition points:
     FlopCounterMode (torch.utils.flop_counter)   counted_flops: matmuls only (mm, addmm, bmm, baddbmm, conv,
                                                  attention, plus aten._grouped_mm registered here), 2 per
                                                  multiply-add; elementwise work, softmax and scatters are 0
-    a TorchDispatchMode (innermost)              aten_ops, grouped_mm_calls, the ATen-side host_syncs, alloc_bytes
+    a TorchDispatchMode (innermost)              aten_ops, launch_ops, grouped_mm_calls, the ATen-side host_syncs,
+                                                 alloc_bytes
     a TorchFunctionMode                          the Python-side host_syncs: item(), tolist(), bool(), ...
 
 Host synchronisations are counted where the program asks the host to read a device value, not where a driver
@@ -45,6 +46,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 aten = torch.ops.aten
+
+# Ops that only make a tensor's metadata or reserve its memory: on a GPU they launch nothing. Views (t, view,
+# transpose, split, ...) are recognised by their schema (OpOverload.is_view); every other op is at least one kernel
+# launch or copy, so launch_ops is what a decode step pays in launches before any CUDA graph.
+NO_DEVICE_WORK = frozenset({aten.empty, aten.empty_like, aten.empty_strided, aten.new_empty, aten.new_empty_strided})
 
 # Tensor methods that hand a tensor's values to Python: the host must wait for every queued kernel that writes
 # the tensor. Counted at the Python call, on every device.
@@ -132,6 +138,7 @@ class Counters:
 
     counted_flops: int  # FLOP (a multiply-add is 2), matmuls only, as FlopCounterMode counts them
     aten_ops: int  # ATen operator calls dispatched (views and in-place ops included, forward and backward)
+    launch_ops: int  # the aten_ops that do device work: neither a view nor a bare allocation (NO_DEVICE_WORK)
     host_syncs: int  # times the host waited for a device value (HOST_READ_METHODS, HOST_SYNC_OPS, copies)
     alloc_bytes: int  # bytes of the new storages the call's ops returned (logical, before allocator rounding)
     grouped_mm_calls: int  # aten._grouped_mm ops run, forward and backward: did the call take torch's grouped GEMM
@@ -142,6 +149,7 @@ class Counters:
         return {
             "counted_flops": self.counted_flops,
             "aten_ops": self.aten_ops,
+            "launch_ops": self.launch_ops,
             "host_syncs": self.host_syncs,
             "alloc_bytes": self.alloc_bytes,
             "grouped_mm_calls": self.grouped_mm_calls,
@@ -167,6 +175,7 @@ def count(call: Callable[[], object], setup: Callable[[], None] | None = None) -
     return Counters(
         counted_flops=int(flops.get_total_flops()),
         aten_ops=ops.ops,
+        launch_ops=ops.launches,
         host_syncs=sum(ops.syncs.values()),
         alloc_bytes=ops.alloc_bytes,
         grouped_mm_calls=ops.grouped_mm,
@@ -202,12 +211,13 @@ class _GlobalTotalOnly:
 
 
 class _OpCounter(TorchDispatchMode):
-    """Counts every ATen op, the grouped GEMMs among them, the ones that synchronise, and the bytes of the new
-    storages they return."""
+    """Counts every ATen op, those that do device work, the grouped GEMMs among them, the ones that synchronise,
+    and the bytes of the new storages they return."""
 
     def __init__(self) -> None:
         super().__init__()
         self.ops = 0
+        self.launches = 0
         self.grouped_mm = 0
         self.alloc_bytes = 0
         self.syncs: Counter[str] = Counter()
@@ -217,6 +227,7 @@ class _OpCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         self.ops += 1
+        self.launches += not (func.is_view or func._overloadpacket in NO_DEVICE_WORK)
         self.grouped_mm += func._overloadpacket is aten._grouped_mm
         rule = HOST_SYNC_OPS.get(func._overloadpacket)
         if rule is not None and not self.reading and rule.when(args, kwargs):

@@ -132,6 +132,8 @@ RESULT_COLUMNS: dict[str, str] = {
     "counted_flops": "FLOPs torch's FlopCounterMode counted in one call (matmuls only, 2 per multiply-add, grouped "
     "GEMMs included): padding and dense_all's idle rows count, elementwise work does not; `flops` is the analytic count",
     "aten_ops": "ATen operator calls dispatched by one call (views, in-place ops and the backward included)",
+    "launch_ops": "the aten_ops that do device work, neither views nor bare allocations (empty*): on a GPU each is "
+    "at least one kernel launch or copy, what a step pays in launches without a CUDA graph",
     "host_syncs": "times one call made the host wait for a device value: item()/tolist()/bool()/int() of a tensor, "
     "ops whose output size depends on values (nonzero, torch.where(cond), x[mask], unique, bincount, "
     "repeat_interleave without output_size) and, on CUDA only, blocking host-device copies",

@@ -118,6 +118,8 @@ def edited(rows, counter: str, change, impl: str = "padded") -> list[dict]:
         ("aten_ops", lambda v: int(v * (1 + ATEN_OPS_GROWTH)), False),
         ("aten_ops", lambda v: int(v * (1 + ATEN_OPS_GROWTH)) + 1, True),
         ("aten_ops", lambda v: v - 5, False),
+        ("launch_ops", lambda v: int(v * (1 + ATEN_OPS_GROWTH)) + 1, True),
+        ("launch_ops", lambda v: v - 1, False),
         ("counted_flops", lambda v: v + 1, True),
         ("counted_flops", lambda v: v - 1, True),
         ("alloc_bytes", lambda v: v + 4, True),
@@ -134,6 +136,13 @@ def test_each_rule(base_rows, counter, change, fails):
     assert gate.exit_code == int(fails)
     if not fails:
         assert "- changed" in gate.markdown() and "**PASS**" in gate.markdown()
+
+
+def test_a_base_counted_before_launch_ops_is_compared_on_the_other_counters(base_rows):
+    older = [{k: v for k, v in r.items() if k != "launch_ops"} for r in base_rows]
+    grown = edited(base_rows, "launch_ops", lambda v: 2 * v)
+    assert gate_frames(frame(older), frame(grown)).exit_code == 0
+    assert gate_frames(frame(older), frame(edited(grown, "alloc_bytes", lambda v: v + 4))).exit_code == 1
 
 
 def test_a_row_that_newly_fails_fails_the_gate(base_rows):

@@ -150,6 +150,15 @@ def test_aten_ops_of_a_known_sequence():
     assert count(lambda: (a + b).mul_(2).view(3, 1)).aten_ops == 3
 
 
+def test_launch_ops_leave_out_views_and_bare_allocations():
+    a, b = torch.randn(3), torch.randn(3)
+    sequence = count(lambda: (a + b).mul_(2).view(3, 1).t().unsqueeze(0).expand(2, 1, 3))
+    assert (sequence.aten_ops, sequence.launch_ops) == (6, 2)  # add and the in-place mul do work; four views
+    allocated = count(lambda: (torch.empty(3), torch.zeros(3), a.new_empty(3), torch.empty_like(a)))
+    assert (allocated.aten_ops, allocated.launch_ops) == (4, 1)  # only zeros writes memory (a fill kernel)
+    assert count(lambda: a.split(1)).launch_ops == 0
+
+
 def test_module_calls_add_no_ops_of_the_counting_tools():
     linear = torch.nn.Linear(4, 5)
     x = torch.randn(6, 4, requires_grad=True)  # a leaf that requires grad: a module tracker would view_as it
@@ -181,8 +190,8 @@ def test_compiled_code_is_counted_as_its_eager_code_and_stays_compiled():
 def test_setup_runs_before_and_is_not_counted():
     calls = []
     counted = count(lambda: calls.append("call"), setup=lambda: calls.append(torch.ones(99).sum().item()))
-    assert calls == [99.0, "call"] and counted == Counters(0, 0, 0, 0, 0)
-    columns = ("counted_flops", "aten_ops", "host_syncs", "alloc_bytes", "grouped_mm_calls")
+    assert calls == [99.0, "call"] and counted == Counters(0, 0, 0, 0, 0, 0)
+    columns = ("counted_flops", "aten_ops", "launch_ops", "host_syncs", "alloc_bytes", "grouped_mm_calls")
     assert counted.columns() == dict.fromkeys(columns, 0)
 
 
@@ -345,3 +354,4 @@ def test_a_decode_forward_dispatches_no_op_it_need_not():
         layer(x)
         counted = count(lambda: layer(x))
     assert counted.aten_ops <= 21 and counted.host_syncs == 0, counted
+    assert counted.launch_ops <= 15, counted  # the other six are views: t, two flattening views, two transposes, split
