@@ -55,9 +55,8 @@ class Assignments:
 
     @property
     def weight_N(self) -> torch.Tensor:
-        """fp32 [N], with its graph to the router however the caller's grad mode stands."""
-        with torch.enable_grad():
-            return self.kept[2] if self.kept is not None else self.weight_TK.view(-1)
+        """fp32 [N], with its graph to the router (a view keeps it even when taken under no_grad)."""
+        return self.kept[2] if self.kept is not None else self.weight_TK.view(-1)
 
     @property
     def tokens_per_expert_E(self) -> torch.Tensor:

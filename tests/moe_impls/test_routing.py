@@ -58,6 +58,34 @@ def test_softmax_topk_renormalises_only_when_asked():
         torch.testing.assert_close(sums, expected)
 
 
+@pytest.mark.parametrize("router", ["softmax_topk", "noisy_topk", "sigmoid_topk"])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_what_the_record_derives_on_use_equals_its_definition(router, normalize):
+    """Counts, token ids, the flat form and the full softmax are derived only when read; each equals what the
+    router used to build eagerly, and the weights keep their graph to the router even when first read under no_grad
+    (a cached no_grad view would silently train the router on nothing)."""
+    cfg = MoEConfig(d_model=8, d_ff=4, num_experts=6, top_k=2, router=router, normalize_topk=normalize)
+    weights, x = MoEWeights(cfg), torch.randn(10, 8, generator=torch.Generator().manual_seed(0))
+    r = Router(cfg)(weights, x, training=True)
+    assert torch.equal(r.token_idx_N, torch.arange(10).repeat_interleave(2))
+    assert torch.equal(r.expert_idx_N, r.expert_idx_TK.reshape(-1))
+    assert torch.equal(r.tokens_per_expert_E, torch.bincount(r.expert_idx_N, minlength=6))
+    assert int(r.num_dropped) == 0 and r.gates_TE.shape == (10, 6)
+    if router != "sigmoid_topk":
+        assert torch.allclose(r.probs_TE, torch.softmax(r.logits_TE, dim=-1))
+        expected = r.probs_TE.gather(1, r.expert_idx_TK)
+        if normalize or router == "noisy_topk":
+            expected = expected / expected.sum(-1, keepdim=True)
+        assert torch.allclose(r.weight_TK, expected, rtol=1e-6, atol=0)
+    with torch.no_grad():
+        weight_N, probs_TE = r.weight_N, r.probs_TE
+        _, weight_M1 = r.in_order(torch.arange(20).flip(0))
+    assert weight_N.requires_grad and weight_M1.requires_grad and probs_TE.requires_grad
+    ramp = torch.arange(20.0)  # not a plain sum: renormalised weights sum to 1 per token, whose gradient is 0
+    ((weight_N * ramp).sum() + (weight_M1.squeeze(-1) * ramp).sum()).backward()
+    assert weights.router.weight.grad is not None and weights.router.weight.grad.abs().sum() > 0
+
+
 def test_sigmoid_bias_changes_choice_not_weight():
     cfg = MoEConfig(d_model=16, d_ff=8, num_experts=8, top_k=2, router="sigmoid_topk", normalize_topk=False)
     weights = MoEWeights(cfg)
