@@ -34,12 +34,11 @@ class PaddedMoE(MoELayer):
         capacity = self.cfg.capacity(T)
         if capacity is None:
             capacity = int(routing.tokens_per_expert_E.max()) if T else 0
+        token_idx_N, expert_idx_N = routing.token_idx_N, routing.expert_idx_N  # derived on each read: read once
         with torch.no_grad():
-            slot_N = routing.expert_idx_N * capacity + position_in_expert(routing.expert_idx_N, E)
-        buffer_ECD = (
-            x_TD.new_zeros(E * capacity, D).index_copy(0, slot_N, x_TD[routing.token_idx_N]).view(E, capacity, D)
-        )
-        dispatch = PaddedDispatch(T, routing.token_idx_N, routing.weight_N.unsqueeze(-1), E * capacity, slot_N)
+            slot_N = expert_idx_N * capacity + position_in_expert(expert_idx_N, E)
+        buffer_ECD = x_TD.new_zeros(E * capacity, D).index_copy(0, slot_N, x_TD[token_idx_N]).view(E, capacity, D)
+        dispatch = PaddedDispatch(T, token_idx_N, routing.weight_N.unsqueeze(-1), E * capacity, slot_N)
         return buffer_ECD, dispatch
 
     def expert_outputs(self, buffer_ECD: torch.Tensor, dispatch: PaddedDispatch) -> torch.Tensor:
