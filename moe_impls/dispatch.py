@@ -5,7 +5,7 @@ for dense_all), in the order the experts' output rows come back.
 An implementation's dispatch reorders (or pads, or repeats) the tokens and returns the rows plus a frozen
 `Dispatch`; its expert compute returns one output row per dispatched row; `combine` is the one step that
 weights those rows and scatters them back to their tokens, for every implementation.
-Index bookkeeping runs under no_grad; the weights keep their graph to the router.
+Index bookkeeping is integer tensors, which autograd never records; the weights keep their graph to the router.
 """
 
 from __future__ import annotations
@@ -48,11 +48,10 @@ def sort_by_expert(x_TD: torch.Tensor, routing: Assignments) -> SortedDispatch:
     The segment ends come from one binary search of the sorted experts, not from counting per expert and a
     cumulative sum: three fewer launches per call, which at decode sizes is most of the layer's time.
     """
-    with torch.no_grad():
-        expert_idx_N, order_N = torch.sort(routing.expert_idx_N, stable=True)
-        E, device = routing.num_experts, expert_idx_N.device
-        ids_E = torch.arange(E, device=device) if torch.compiler.is_compiling() else _expert_ids(E, device)
-        offsets_E = torch.searchsorted(expert_idx_N, ids_E, right=True, out_int32=True)
+    expert_idx_N, order_N = torch.sort(routing.expert_idx_N, stable=True)
+    E, device = routing.num_experts, expert_idx_N.device
+    ids_E = torch.arange(E, device=device) if torch.compiler.is_compiling() else _expert_ids(E, device)
+    offsets_E = torch.searchsorted(expert_idx_N, ids_E, right=True, out_int32=True)
     token_idx_N, weight_N1 = routing.in_order(order_N)
     return SortedDispatch(
         num_tokens=x_TD.shape[0],

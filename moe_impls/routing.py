@@ -3,7 +3,8 @@
 Legend: T tokens, D d_model, E experts, K top_k, N assignments that experts compute (after capacity drops).
 Every router ends in the same flat form, (token_idx_N, expert_idx_N, weight_N), which is all that
 dispatch needs; token choice also keeps its per-token view (expert_idx_TK, weight_TK).
-Index bookkeeping runs under no_grad; the weights keep their graph to the router.
+Index bookkeeping is integer tensors, which autograd never records; the weights keep their graph to the router.
+Nothing is cached: a derived tensor follows the grad mode of whoever reads it.
 """
 
 from __future__ import annotations
@@ -44,9 +45,8 @@ class Assignments:
         """int64 [N]: the token of each assignment."""
         if self.kept is not None:
             return self.kept[0]
-        with torch.no_grad():
-            T, K = self.expert_idx_TK.shape
-            return torch.arange(T * K, device=self.expert_idx_TK.device).div_(K, rounding_mode="floor")
+        T, K = self.expert_idx_TK.shape
+        return torch.arange(T * K, device=self.expert_idx_TK.device).div_(K, rounding_mode="floor")
 
     @property
     def expert_idx_N(self) -> torch.Tensor:
@@ -55,7 +55,7 @@ class Assignments:
 
     @property
     def weight_N(self) -> torch.Tensor:
-        """fp32 [N], with its graph to the router (a view keeps it even when taken under no_grad)."""
+        """fp32 [N], with its graph to the router."""
         return self.kept[2] if self.kept is not None else self.weight_TK.view(-1)
 
     @property
@@ -67,13 +67,8 @@ class Assignments:
         """(token_idx, weight as [M, 1]) of the assignments `order_N` picks, in its order: where token ids are
         implied, one division rather than materialising them and gathering."""
         if self.kept is not None:
-            with torch.enable_grad():
-                weight_M1 = self.kept[2][order_N].unsqueeze(-1)
-            return self.kept[0][order_N], weight_M1
-        with torch.no_grad():
-            token_idx_M = order_N.div(self.expert_idx_TK.shape[1], rounding_mode="floor")
-        with torch.enable_grad():
-            return token_idx_M, self.weight_TK.view(-1, 1)[order_N]
+            return self.kept[0][order_N], self.kept[2][order_N].unsqueeze(-1)
+        return order_N.div(self.expert_idx_TK.shape[1], rounding_mode="floor"), self.weight_TK.view(-1, 1)[order_N]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,8 +90,7 @@ class RoutingRecord(Assignments):
         """fp32 router probabilities (sigmoid top-k: the sigmoid scores), with their graph to the router."""
         if self.computed_probs_TE is not None:
             return self.computed_probs_TE
-        with torch.enable_grad():
-            return torch.softmax(self.logits_TE, dim=-1)
+        return torch.softmax(self.logits_TE, dim=-1)
 
     @property
     def num_dropped(self) -> torch.Tensor:

@@ -7,6 +7,8 @@ Legend: N assignments, D d_model, H first-projection width, E experts, I/O a mat
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -21,16 +23,23 @@ def grouped_mm_supported(x_NI: torch.Tensor, w_EOI: torch.Tensor) -> bool:
 
     The forward contracts over I; the backward's grouped_mm contracts the output gradient [N, O] over O, so
     an aligned I alone passes the forward and fails the train step ("strides should be multiple of 16 bytes").
+    Asked twice per forward: the answer is kept per dtype, device type and widths (a few µs each otherwise).
     """
-    if not hasattr(F, "grouped_mm") or x_NI.dtype != w_EOI.dtype or not x_NI.dtype.is_floating_point:
+    if x_NI.dtype != w_EOI.dtype:
         return False
-    if x_NI.device.type == "cuda" and x_NI.dtype != torch.bfloat16:
+    compiling = torch.compiler.is_compiling()
+    takes = _kernel_takes.__wrapped__ if compiling else _kernel_takes  # Dynamo traces the body, not the cache
+    return takes(x_NI.dtype, x_NI.device.type, w_EOI.shape[-2], w_EOI.shape[-1], compiling)
+
+
+@functools.cache
+def _kernel_takes(dtype: torch.dtype, device_type: str, out_width: int, in_width: int, compiling: bool) -> bool:
+    if not hasattr(F, "grouped_mm") or not dtype.is_floating_point or device_type not in ("cuda", "cpu"):
         return False
-    if x_NI.device.type not in ("cuda", "cpu"):
+    if (device_type == "cuda" or compiling) and dtype != torch.bfloat16:
+        # CUDA's kernel takes bf16 only; torch's fake-tensor rule for grouped_mm too, though the CPU kernel takes more
         return False
-    if torch.compiler.is_compiling() and x_NI.dtype != torch.bfloat16:
-        return False  # torch's fake-tensor rule for grouped_mm accepts bf16 only, though the CPU kernel takes more
-    return all(width * x_NI.element_size() % 16 == 0 for width in w_EOI.shape[-2:])
+    return all(width * dtype.itemsize % 16 == 0 for width in (out_width, in_width))
 
 
 @register("sort_group")

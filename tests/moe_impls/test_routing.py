@@ -62,8 +62,8 @@ def test_softmax_topk_renormalises_only_when_asked():
 @pytest.mark.parametrize("normalize", [True, False])
 def test_what_the_record_derives_on_use_equals_its_definition(router, normalize):
     """Counts, token ids, the flat form and the full softmax are derived only when read; each equals what the
-    router used to build eagerly, and the weights keep their graph to the router even when first read under no_grad
-    (a cached no_grad view would silently train the router on nothing)."""
+    router used to build eagerly, and, as nothing is cached, follows the grad mode of whoever reads it: a loss
+    computed after the forward still trains the router, and a statistic read under no_grad builds no graph."""
     cfg = MoEConfig(d_model=8, d_ff=4, num_experts=6, top_k=2, router=router, normalize_topk=normalize)
     weights, x = MoEWeights(cfg), torch.randn(10, 8, generator=torch.Generator().manual_seed(0))
     r = Router(cfg)(weights, x, training=True)
@@ -77,12 +77,15 @@ def test_what_the_record_derives_on_use_equals_its_definition(router, normalize)
         if normalize or router == "noisy_topk":
             expected = expected / expected.sum(-1, keepdim=True)
         assert torch.allclose(r.weight_TK, expected, rtol=1e-6, atol=0)
+    order = torch.arange(20).flip(0)
     with torch.no_grad():
-        weight_N, probs_TE = r.weight_N, r.probs_TE
-        _, weight_M1 = r.in_order(torch.arange(20).flip(0))
-    assert weight_N.requires_grad and weight_M1.requires_grad and probs_TE.requires_grad
+        assert not r.in_order(order)[1].requires_grad
+        if r.computed_probs_TE is None:  # derived here, not in the forward
+            assert not r.probs_TE.requires_grad
+    token_idx_M, weight_M1 = r.in_order(order)
+    assert torch.equal(token_idx_M, r.token_idx_N.flip(0)) and torch.equal(weight_M1[:, 0], r.weight_N.flip(0))
     ramp = torch.arange(20.0)  # not a plain sum: renormalised weights sum to 1 per token, whose gradient is 0
-    ((weight_N * ramp).sum() + (weight_M1.squeeze(-1) * ramp).sum()).backward()
+    ((r.weight_N * ramp).sum() + (weight_M1.squeeze(-1) * ramp).sum() + r.probs_TE[:, 0].sum()).backward()
     assert weights.router.weight.grad is not None and weights.router.weight.grad.abs().sum() > 0
 
 
