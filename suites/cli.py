@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "analysis.calc",
     "suites.experiment_commands",
     "suites.models_command",
+    "suites.neighbours",
 )
 
 

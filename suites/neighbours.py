@@ -1,0 +1,136 @@
+"""`moe-bench neighbours [SUITE]`: does a row's time on this machine depend on the rows timed beside it?
+
+The runner times a point's rows round-robin, so drift is shared; the protocol (cache state, re-entry calls, the
+worker's allocator settings) is meant to make each row's time what it would be alone. This checks it, point by
+point: each try times the point's round-robin and then every row alone, in one worker as a run starts it;
+odd tries run the rows alone first, in reverse, so that drift of the machine during a try cancels over the tries.
+A cell is the median over tries of the row's median with its neighbours over its median alone. Exit 0 when
+every cell is within `--within` of 1, 1 when one is not (or a row was not measured), 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from suites import spec
+from suites.suite_model import Point, Suite
+from suites.worker import Worker, WorkerSpec
+
+RunPoint = Callable[[Point, list[str]], Iterable[dict]]  # Worker.run_point without its note
+
+
+@dataclass(frozen=True)
+class PointRatios:
+    label: str
+    ratios: dict[str, float | None]  # row -> median of with-neighbours / alone; None when a try did not measure it
+
+
+def measure(points: Sequence[Point], rows: Sequence[str], run_point: RunPoint, tries: int) -> list[PointRatios]:
+    """The table, one point at a time (see the module docstring for the order of each try)."""
+    return [_point(p, list(rows), run_point, tries) for p in points]
+
+
+def _point(point: Point, rows: list[str], run_point: RunPoint, tries: int) -> PointRatios:
+    per_try: dict[str, list[float]] = {r: [] for r in rows}
+    missing: set[str] = set()
+    for i in range(tries):
+        if i % 2 == 0:
+            together, alone = _medians(run_point(point, rows)), _alone(point, rows, run_point)
+        else:
+            alone = _alone(point, rows[::-1], run_point)
+            together = _medians(run_point(point, rows))
+        for r in rows:
+            if r in together and r in alone:
+                per_try[r].append(together[r] / alone[r])
+            else:
+                missing.add(r)
+    ratios = {r: None if r in missing else statistics.median(per_try[r]) for r in rows}
+    return PointRatios(label(point), ratios)
+
+
+def _alone(point: Point, order: list[str], run_point: RunPoint) -> dict[str, float]:
+    found: dict[str, float] = {}
+    for r in order:
+        found.update(_medians(run_point(point, [r])))
+    return found
+
+
+def _medians(rows: Iterable[dict]) -> dict[str, float]:
+    return {row["impl"]: row["latency_ms_median"] for row in rows if row.get("status") == "ok"}
+
+
+def label(point: Point) -> str:
+    return f"{point.shape} T={point.tokens} {point.dtype} {point.mode} {point.routing}"
+
+
+def render(table: list[PointRatios], rows: Sequence[str], within: float) -> str:
+    lines = ["| point | " + " | ".join(rows) + " |", "|---|" + "---|" * len(rows)]
+    for p in table:
+        cells = ["-" if p.ratios[r] is None else f"{p.ratios[r]:.3f}" for r in rows]
+        lines.append(f"| {p.label} | " + " | ".join(cells) + " |")
+    values = [v for p in table for v in p.ratios.values() if v is not None]
+    unmeasured = sum(v is None for p in table for v in p.ratios.values())
+    ok = sum(abs(v - 1) <= within for v in values)
+    summary = f"{ok} of {len(values) + unmeasured} cells within {within:.0%}"
+    if values:
+        summary += f" ({min(values):.3f} to {max(values):.3f})"
+    if unmeasured:
+        summary += f"; {unmeasured} not measured (a row failed)"
+    return "\n".join(lines) + "\n\n" + summary + "\n"
+
+
+def all_within(table: list[PointRatios], within: float) -> bool:
+    return all(v is not None and abs(v - 1) <= within for p in table for v in p.ratios.values())
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "neighbours", help="check that each row's time does not depend on the rows timed beside it"
+    )
+    parser.add_argument("suite", nargs="?", default="cpu", help="suite name or TOML path (default: cpu)")
+    parser.add_argument(
+        "--tries", type=int, default=4, help="tries per point, in alternating order; even balances them (default 4)"
+    )
+    parser.add_argument("--within", type=float, default=0.05, help="tolerance as a fraction (default 0.05)")
+    parser.add_argument("--only", help="comma-separated rows (implementations and baselines) to check")
+    parser.set_defaults(func=cmd_neighbours)
+
+
+def cmd_neighbours(args: argparse.Namespace) -> int:
+    try:
+        suite = spec.load(args.suite)
+        rows = _rows(suite, args.only)
+        if args.tries < 1:
+            raise ValueError(f"--tries: expected at least 1, got {args.tries}")
+        if not 0 < args.within < 1:
+            raise ValueError(f"--within: expected a fraction between 0 and 1, got {args.within}")
+    except ValueError as exc:
+        print(f"moe-bench neighbours: {exc}", file=sys.stderr)
+        return 2
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    worker = Worker(WorkerSpec(device, torch.get_num_threads(), suite.seed, suite.timing, suite.dtypes))
+    points = len(suite.points)
+    print(f"moe-bench neighbours: suite {suite.name} ({points} points, {args.tries} tries each) on {device}")
+    try:
+        table = measure(suite.points, rows, lambda p, todo: list(worker.run_point(p, todo, None)), args.tries)
+    finally:
+        worker.close()
+    print(render(table, rows, args.within), end="")
+    return 0 if all_within(table, args.within) else 1
+
+
+def _rows(suite: Suite, only: str | None) -> list[str]:
+    rows = [*suite.impls, *suite.baselines]
+    if only is None:
+        return rows
+    wanted = [name.strip() for name in only.split(",") if name.strip()]
+    unknown = [name for name in wanted if name not in rows]
+    if unknown or not wanted:
+        raise ValueError(f"--only: expected rows of suite {suite.name} ({', '.join(rows)}), got {only!r}")
+    return wanted
