@@ -51,10 +51,20 @@ def test_a_row_timed_beside_its_neighbours_equals_it_timed_alone(worker, tokens)
     cache = worker.spec.timing.cache
     point = small(tokens)
     for name in ("flop_matched", "sort_group"):
-        ratio = paired_ratio(
-            partial(median_of, worker, point, ROWS, name), partial(median_of, worker, point, [name], name)
-        )
-        assert abs(ratio - 1) <= 0.05, f"{name} at T={tokens}, {cache}: with neighbours / alone = {ratio:.3f}"
+        together, alone = partial(median_of, worker, point, ROWS, name), partial(median_of, worker, point, [name], name)
+        assert_agree(together, alone, f"{name} at T={tokens}, {cache}: with neighbours / alone")
+
+
+def assert_agree(a: Callable[[], float], b: Callable[[], float], what: str, attempts: int = 3) -> None:
+    """a / b within 5% by `paired_ratio`, measured again (up to `attempts` times) while it is not. A slow spell of
+    the host that spoils three of five pairs made 1 run in 7 of this file fail on an unchanged build (0.805 and
+    0.897 at once); a real effect, such as the 2x of the protocol this file guards against, fails every attempt."""
+    ratios = []
+    for _ in range(attempts):
+        ratios.append(paired_ratio(a, b))
+        if abs(ratios[-1] - 1) <= 0.05:
+            return
+    raise AssertionError(f"{what} = {', '.join(f'{r:.3f}' for r in ratios)}: none within 5%")
 
 
 def paired_ratio(a: Callable[[], float], b: Callable[[], float], pairs: int = 5) -> float:
@@ -98,8 +108,9 @@ def test_warm_timing_agrees_with_torch_utils_benchmark_beside_an_idle_neighbour(
         rows = {"row": RowCalls([fn]), "sleeper": RowCalls([_sleeper])}
         return time_rows(rows, torch.device("cpu"), warm)["row"].stats.median
 
-    ratio = paired_ratio(ours, lambda: timer.blocked_autorange(min_run_time=0.2).median * 1e3)
-    assert abs(ratio - 1) <= 0.05, f"{what}: ours / torch.utils.benchmark = {ratio:.3f}"
+    assert_agree(
+        ours, lambda: timer.blocked_autorange(min_run_time=0.2).median * 1e3, f"{what}: ours / torch.utils.benchmark"
+    )
 
 
 def test_copies_span_twice_the_last_level_cache_within_the_budget():
