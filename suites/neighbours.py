@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from suites import spec
+from suites.plan import label
 from suites.suite_model import Point, Suite
 from suites.worker import Worker, WorkerSpec
 
@@ -63,10 +64,6 @@ def _alone(point: Point, order: list[str], run_point: RunPoint) -> dict[str, flo
 
 def _medians(rows: Iterable[dict]) -> dict[str, float]:
     return {row["impl"]: row["latency_ms_median"] for row in rows if row.get("status") == "ok"}
-
-
-def label(point: Point) -> str:
-    return f"{point.shape} T={point.tokens} {point.dtype} {point.mode} {point.routing}"
 
 
 def render(table: list[PointRatios], rows: Sequence[str], within: float) -> str:
