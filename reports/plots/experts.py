@@ -13,7 +13,7 @@ import numpy as np
 from reports.cells import fmt_value
 from reports.facets import Group
 from reports.plots.skew import pick_tokens, routings_by_skew
-from reports.plots.style import HATCH, PlotFile, legend, new_figure, save, tex
+from reports.plots.style import HATCH, PlotFile, legend, new_figure, save, tex, title_lines
 
 MAX_PANELS = 4
 
@@ -48,7 +48,7 @@ def plot(group: Group, meta: dict, out_dir: Path) -> PlotFile | str:
         ax.grid(True, axis="y", alpha=0.3)
     axes[0, 0].set_ylabel("assignments (tokens routed to the expert)")
     legend(axes[0, 0], "hatch" if disturbed else None, fontsize=8)
-    fig.suptitle(f"Tokens per expert at T = {fmt_value(tokens)}\n{tex(group.label)}", fontsize=10)
+    fig.suptitle(f"Tokens per expert at T = {fmt_value(tokens)}\n{title_lines(tex(group.label))}", fontsize=10)
     caption = "Assignments each expert computed for the timed input (top_k per token), with the mean as reference."
     if disturbed:
         caption += " Hatched: a point timed on a disturbed machine (its counts hold; its timings are no finding)."

@@ -66,7 +66,7 @@ def plot(group: Group, meta: dict, out_dir: Path) -> style.PlotFile | str:
         handles, labels = [*handles, style.disturbed_handle("hatch")], [*labels, PLOT_LEGEND]
     fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8)
     how = ", ".join(sorted(set(ok["mem_kind"].dropna()))) or "unknown"
-    fig.suptitle(f"Peak memory per call ({how})\n{style.tex(group.label)}", fontsize=10)
+    fig.suptitle(f"Peak memory per call ({how})\n{style.title_lines(style.tex(group.label))}", fontsize=10)
     caption = style.noted(CAPTION, disturbed, "Cross-hatched: measured at a point timed on a disturbed machine.")
     return style.save(fig, out_dir / f"{group.slug}_memory.png", "Peak memory", caption)
 

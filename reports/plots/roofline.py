@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from reports.facets import Group
-from reports.plots.style import PlotFile, colour, legend, new_figure, order_impls, save, tex
+from reports.plots.style import PlotFile, colour, legend, new_figure, order_impls, save, tex, title_lines
 
 
 def ceilings(meta: dict, dtype: str | None) -> tuple[float | None, float | None]:
@@ -65,7 +65,7 @@ def plot(group: Group, meta: dict, out_dir: Path) -> PlotFile | str:
     ax.set_ylabel("achieved TFLOP/s")
     peaks_text = f"peak {peak:.3g} TFLOP/s" if peak else "no matmul peak"
     bw_text = f"{bandwidth:.4g} GB/s" if bandwidth else "no bandwidth"
-    ax.set_title(f"Roofline ({peaks_text}, {bw_text}, measured this run)\n{tex(group.label)}", fontsize=10)
+    ax.set_title(f"Roofline ({peaks_text}, {bw_text}, measured this run)\n{title_lines(tex(group.label))}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     disturbed = bool(ok["point_disturbed"].any())
     legend(ax, "marker" if disturbed else None, fontsize=8)

@@ -71,7 +71,10 @@ def plot(group: Group, meta: dict, out_dir: Path) -> style.PlotFile | str:
     ax.set_xticks(range(len(routings)), labels, fontsize=7, rotation=20, ha="right")
     ax.set_xlabel("routing (ordered by measured max/mean tokens per expert)")
     ax.set_ylabel("throughput (tokens/s)")
-    ax.set_title(f"Throughput vs routing skew at T = {fmt_value(tokens)}\n{style.tex(group.label)}", fontsize=10)
+    ax.set_title(
+        f"Throughput vs routing skew at T = {fmt_value(tokens)}\n{style.title_lines(style.tex(group.label))}",
+        fontsize=10,
+    )
     ax.grid(True, axis="y", alpha=0.3)
     style.legend(ax, "hatch" if disturbed else None, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     caption = "Median tokens/s per routing, error bars p10-p90 of the raw samples. Dense baselines ignore routing."

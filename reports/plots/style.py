@@ -64,7 +64,23 @@ class Points:
 
 def group_title(what: str, group) -> str:
     """A figure's title: what it shows, then its group (facets.Group) and the routing swept over tokens."""
-    return f"{what}\n{tex(group.label)} · routing {tex(group.base_routing or '-')}"
+    routing = tex(group.base_routing or "-")
+    return f"{what}\n" + title_lines(f"{tex(group.label)} · routing {routing}")
+
+
+TITLE_CHARS = 60  # about what a 6.4-inch figure's title holds at fontsize 10 beside a legend
+
+
+def title_lines(text: str) -> str:
+    """`text` broken at its ' · ' separators into lines of at most TITLE_CHARS (a longer part stays whole):
+    matplotlib clips a title wider than its figure, and a group label names every option off its default."""
+    lines: list[str] = []
+    for part in text.split(" · "):
+        if lines and len(lines[-1]) + 3 + len(part) <= TITLE_CHARS:
+            lines[-1] += " · " + part
+        else:
+            lines.append(part)
+    return "\n".join(lines)
 
 
 def impl_line(ax, impl: str, impls: list[str], points: Points) -> bool:

@@ -120,3 +120,23 @@ def test_versus_peers_table_compares_our_best_with_the_best_transformers_row(com
     assert row[2] == ("sort_group+compile (compiled in 41.7 s)" if compiled else "sort_group")
     assert row[4] == "hf_grouped_mm"
     assert row[6].value == pytest.approx(0.8, rel=1e-3) and row[-1] == "faster"
+
+
+def test_a_long_group_title_fits_inside_its_figure():
+    """A fine-grained shape with a non-default option names many parts; on one line the title ran past both edges
+    of the figure (matplotlib clips it), as the cpu suite's fine-32x4 throughput plot showed."""
+    from types import SimpleNamespace
+
+    from reports.plots import style
+
+    label = "fine-32x4: D256 F128 E32 k4 · swiglu · top-k not renormalised · float32 · forward"
+    group = SimpleNamespace(label=label, base_routing="softmax_topk")
+    fig, axes = style.new_figure()
+    ax = axes[0, 0]
+    ax.plot([16, 256], [1.0, 2.0], label="hf_grouped_mm")
+    ax.set_title(style.group_title("Throughput vs tokens", group), fontsize=10)
+    style.legend(ax, **style.BESIDE)
+    fig.canvas.draw()
+    title = ax.title.get_window_extent()
+    assert title.x0 >= 0 and title.x1 <= fig.bbox.width, (title.x0, title.x1, fig.bbox.width)
+    assert "routing softmax_topk" in ax.title.get_text() and "top-k not renormalised" in ax.title.get_text()
