@@ -18,7 +18,7 @@ from torch import nn
 from moe_impls.config import MoEConfig
 from moe_impls.dispatch import Dispatch, combine
 from moe_impls.routing import Assignments, Router, RoutingRecord
-from moe_impls.weights import ExpertWeights, MoEWeights
+from moe_impls.weights import ExpertWeights, MoEWeights, plain_children
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +43,7 @@ class MoELayer(nn.Module):
         self.cfg = weights.cfg
         self.weights = weights  # a shared submodule: every layer built on it trains and times the same tensors
         self.router = Router(weights.cfg)
+        plain_children(self)
 
     def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, LayerRecord]:
         """[..., D] -> ([..., D], the routing record with the rows the experts computed)."""
@@ -51,7 +52,8 @@ class MoELayer(nn.Module):
         x_TD = hidden if flat else hidden.reshape(-1, self.cfg.d_model)
         routing = self.router(self.weights, x_TD, self.training)
         y_TD, computed_rows = self.compute_experts(x_TD, routing)
-        y_TD = y_TD.to(hidden.dtype)
+        if y_TD.dtype != hidden.dtype:  # the fp32 combine of a low-precision run
+            y_TD = y_TD.to(hidden.dtype)
         return y_TD if flat else y_TD.view(hidden.shape), LayerRecord.from_routing(routing, computed_rows)
 
     @property
@@ -103,7 +105,7 @@ class MoELayer(nn.Module):
 
     def _check_input(self, hidden: torch.Tensor) -> None:
         """One line naming what is wrong; on the hot path only three comparisons (a decode call is microseconds)."""
-        w = self.weights.experts.down_proj
+        w = self.experts.w_out_EDF
         if (
             hidden.dim()
             and hidden.shape[-1] == self.cfg.d_model

@@ -68,7 +68,8 @@ class Assignments:
         implied, one division rather than materialising them and gathering."""
         if self.kept is not None:
             return self.kept[0][order_N], self.kept[2][order_N].unsqueeze(-1)
-        return order_N.div(self.expert_idx_TK.shape[1], rounding_mode="floor"), self.weight_TK.view(-1, 1)[order_N]
+        K = self.expert_idx_TK.shape[1]
+        return order_N.div(K, rounding_mode="floor"), self.weight_TK.view(-1, 1).index_select(0, order_N)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,7 +197,7 @@ class Router:
         return self._generators[device]
 
     def __call__(self, weights: MoEWeights, x_TD: torch.Tensor, training: bool) -> RoutingRecord:
-        logits_TE = F.linear(x_TD, weights.router.weight).float()
+        logits_TE = F.linear(x_TD, weights.router._parameters["weight"]).float()  # see weights.plain_children
         if self.cfg.router == "expert_choice":
             return self._expert_choice(logits_TE)
         if self.cfg.router == "sigmoid_topk":

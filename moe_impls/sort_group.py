@@ -54,7 +54,7 @@ class SortGroupMoE(MoELayer):
     def dispatch(self, x_TD: torch.Tensor, routing: Assignments) -> tuple[torch.Tensor, SortedDispatch]:
         """x_ND, the assignments' rows gathered into contiguous per-expert segments."""
         dispatch = sort_by_expert(x_TD, routing)
-        return x_TD[dispatch.token_idx_N], dispatch
+        return x_TD.index_select(0, dispatch.token_idx_N), dispatch
 
     def expert_outputs(self, x_ND: torch.Tensor, dispatch: SortedDispatch) -> torch.Tensor:
         experts, offsets_E = self.experts, dispatch.offsets_E

@@ -89,7 +89,8 @@ def _worker(rank: int, world: int) -> dict:
     layer = ExpertParallelMoE(weights)
     y, _ = layer(x)
     out["capacity_err"] = (y - moe_impls.get("sort_group")(weights)(x)[0]).abs().max().item()
-    out["state_after_forward"] = set(vars(layer)) - set(vars(torch.nn.Module()))
+    # registered submodules are structure, not state (weights.plain_children also makes them plain attributes)
+    out["state_after_forward"] = set(vars(layer)) - set(vars(torch.nn.Module())) - set(layer._modules)
     try:
         ExpertParallelMoE(MoEWeights(MoEConfig(d_model=8, d_ff=8, num_experts=world + 1, top_k=1)))
     except ValueError as e:
