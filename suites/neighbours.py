@@ -4,8 +4,10 @@ The runner times a point's rows round-robin, so drift is shared; the protocol (c
 worker's allocator settings) is meant to make each row's time what it would be alone. This checks it, point by
 point: each try times the point's round-robin and then every row alone, in one worker as a run starts it;
 odd tries run the rows alone first, in reverse, so that drift of the machine during a try cancels over the tries.
-A cell is the median over tries of the row's median with its neighbours over its median alone. Exit 0 when
-every cell is within `--within` of 1, 1 when one is not (or a row was not measured), 2 for bad arguments.
+A cell is the median over tries of the row's median with its neighbours over its median alone; each cell outside
+the tolerance is listed with its tries, so a spread wider than the tolerance shows as such. A point's line is
+printed as soon as it is measured. Exit 0 when every cell is within `--within` of 1, 1 when one is not (or a row
+was not measured), 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,11 +32,12 @@ RunPoint = Callable[[Point, list[str]], Iterable[dict]]  # Worker.run_point with
 class PointRatios:
     label: str
     ratios: dict[str, float | None]  # row -> median of with-neighbours / alone; None when a try did not measure it
+    tries: dict[str, list[float]]  # row -> each try's with-neighbours / alone, in the order they ran
 
 
-def measure(points: Sequence[Point], rows: Sequence[str], run_point: RunPoint, tries: int) -> list[PointRatios]:
-    """The table, one point at a time (see the module docstring for the order of each try)."""
-    return [_point(p, list(rows), run_point, tries) for p in points]
+def measure(points: Sequence[Point], rows: Sequence[str], run_point: RunPoint, tries: int) -> Iterator[PointRatios]:
+    """The table, one point at a time as each is measured (see the module docstring for the order of each try)."""
+    return (_point(p, list(rows), run_point, tries) for p in points)
 
 
 def _point(point: Point, rows: list[str], run_point: RunPoint, tries: int) -> PointRatios:
@@ -52,7 +55,7 @@ def _point(point: Point, rows: list[str], run_point: RunPoint, tries: int) -> Po
             else:
                 missing.add(r)
     ratios = {r: None if r in missing else statistics.median(per_try[r]) for r in rows}
-    return PointRatios(label(point), ratios)
+    return PointRatios(label(point), ratios, per_try)
 
 
 def _alone(point: Point, order: list[str], run_point: RunPoint) -> dict[str, float]:
@@ -67,19 +70,35 @@ def _medians(rows: Iterable[dict]) -> dict[str, float]:
 
 
 def render(table: list[PointRatios], rows: Sequence[str], within: float) -> str:
-    lines = ["| point | " + " | ".join(rows) + " |", "|---|" + "---|" * len(rows)]
-    for p in table:
-        cells = ["-" if p.ratios[r] is None else f"{p.ratios[r]:.3f}" for r in rows]
-        lines.append(f"| {p.label} | " + " | ".join(cells) + " |")
+    return header(rows) + "".join(line(p, rows) for p in table) + summary(table, within)
+
+
+def header(rows: Sequence[str]) -> str:
+    return "| point | " + " | ".join(rows) + " |\n" + "|---|" + "---|" * len(rows) + "\n"
+
+
+def line(p: PointRatios, rows: Sequence[str]) -> str:
+    cells = ["-" if p.ratios[r] is None else f"{p.ratios[r]:.3f}" for r in rows]
+    return f"| {p.label} | " + " | ".join(cells) + " |\n"
+
+
+def summary(table: list[PointRatios], within: float) -> str:
+    """The count within the tolerance, then each cell outside it with its tries."""
     values = [v for p in table for v in p.ratios.values() if v is not None]
     unmeasured = sum(v is None for p in table for v in p.ratios.values())
     ok = sum(abs(v - 1) <= within for v in values)
-    summary = f"{ok} of {len(values) + unmeasured} cells within {within:.0%}"
+    count = f"{ok} of {len(values) + unmeasured} cells within {within:.0%}"
     if values:
-        summary += f" ({min(values):.3f} to {max(values):.3f})"
+        count += f" ({min(values):.3f} to {max(values):.3f})"
     if unmeasured:
-        summary += f"; {unmeasured} not measured (a row failed)"
-    return "\n".join(lines) + "\n\n" + summary + "\n"
+        count += f"; {unmeasured} not measured (a row failed)"
+    outside = [
+        f"- {r} at {p.label}: {v:.3f}, tries " + ", ".join(f"{t:.2f}" for t in p.tries[r])
+        for p in table
+        for r, v in p.ratios.items()
+        if v is not None and abs(v - 1) > within
+    ]
+    return "\n" + count + "\n" + "".join(f"{o}\n" for o in outside)
 
 
 def all_within(table: list[PointRatios], within: float) -> bool:
@@ -114,11 +133,15 @@ def cmd_neighbours(args: argparse.Namespace) -> int:
     worker = Worker(WorkerSpec(device, torch.get_num_threads(), suite.seed, suite.timing, suite.dtypes))
     points = len(suite.points)
     print(f"moe-bench neighbours: suite {suite.name} ({points} points, {args.tries} tries each) on {device}")
+    print(header(rows), end="", flush=True)
+    table = []
     try:
-        table = measure(suite.points, rows, lambda p, todo: list(worker.run_point(p, todo, None)), args.tries)
+        for p in measure(suite.points, rows, lambda p, todo: list(worker.run_point(p, todo, None)), args.tries):
+            table.append(p)
+            print(line(p, rows), end="", flush=True)
     finally:
         worker.close()
-    print(render(table, rows, args.within), end="")
+    print(summary(table, args.within), end="")
     return 0 if all_within(table, args.within) else 1
 
 

@@ -51,13 +51,14 @@ def test_each_try_alternates_which_side_runs_first_and_a_cell_is_the_median_rati
         alone_calls[r] += 1
         return [{"impl": r, "status": "ok", "latency_ms_median": 4.0 if alone_calls[r] == 3 else 1.0}]
 
-    (cell,) = measure([point], ["a", "b", "lost"], run_point, tries=3)
+    (cell,) = list(measure([point], ["a", "b", "lost"], run_point, tries=3))
     both = ("a", "b", "lost")
     assert calls == [both, ("a",), ("b",), ("lost",), ("lost",), ("b",), ("a",), both, both, ("a",), ("b",), ("lost",)]
     assert cell.ratios == {"a": 2.0, "b": 2.0, "lost": None}
     assert not all_within([cell], 0.05)
     text = render([cell], ["a", "b", "lost"], 0.05)
     assert "| 2.000 | 2.000 | - |" in text and "0 of 3 cells within 5% (2.000 to 2.000); 1 not measured" in text
+    assert f"- a at {cell.label}: 2.000, tries 2.00, 2.00, 0.50" in text.splitlines(), text  # a miss shows its tries
 
 
 def test_the_command_times_a_point_with_and_without_its_neighbours(tmp_path, capsys):
