@@ -55,10 +55,11 @@ def test_a_row_timed_beside_its_neighbours_equals_it_timed_alone(worker, tokens)
         assert_agree(together, alone, f"{name} at T={tokens}, {cache}: with neighbours / alone")
 
 
-def assert_agree(a: Callable[[], float], b: Callable[[], float], what: str, attempts: int = 3) -> None:
+def assert_agree(a: Callable[[], float], b: Callable[[], float], what: str, attempts: int = 5) -> None:
     """a / b within 5% by `paired_ratio`, measured again (up to `attempts` times) while it is not. A slow spell of
     the host that spoils three of five pairs made 1 run in 7 of this file fail on an unchanged build (0.805 and
-    0.897 at once); a real effect, such as the 2x of the protocol this file guards against, fails every attempt."""
+    0.897 at once), and with 3 attempts a noisy spell still failed it on both sides of 1 (0.913, 0.852, 1.163);
+    a real effect, such as the 2x of the protocol this file guards against, fails every attempt."""
     ratios = []
     for _ in range(attempts):
         ratios.append(paired_ratio(a, b))
