@@ -120,7 +120,10 @@ RESULT_COLUMNS: dict[str, str] = {
     "loadavg_after": "1-minute load average after the window",
     "canary_ms": "median ms of the canary (a fixed matmul of about 1 ms timed beside the rows) in the window",
     "canary_rel_iqr": "IQR / median of the canary in the window",
-    "canary_drift": "canary_ms / its median at the start of the run - 1",
+    "canary_drift": "canary_ms / canary_baseline_ms - 1 (disturbed above disturb_canary_drift; below it, the "
+    "baseline was the slowed one and this window's clean median becomes the baseline of the points after it)",
+    "canary_baseline_ms": "the canary's median the window was judged against: its best of three windows alone at "
+    "the start of the run, or a later clean window's if that was faster by more than disturb_canary_drift",
     "gpu_throttle": "list of NVML clock-event reasons seen before or after the window (power cap, thermal, ...)",
     "sm_clock_fraction": "SM clock / its maximum after the window (NVML)",
     "temperature_c": "GPU temperature after the window (NVML)",

@@ -49,7 +49,11 @@ class TimingSettings:
         default=200.0, metadata={"help": "disturbed past this many involuntary context switches per second"}
     )
     disturb_canary_drift: float = field(
-        default=0.15, metadata={"help": "disturbed when the canary's median moved more than this from its start"}
+        default=0.15,
+        metadata={
+            "help": "disturbed when the canary's median is this much above the run's baseline (a clean window "
+            "this much below it becomes the baseline: the start was the slowed one)"
+        },
     )
     disturb_canary_rel_iqr: float = field(
         default=0.25, metadata={"help": "disturbed when the canary's IQR / median exceeds this"}

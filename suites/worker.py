@@ -45,7 +45,8 @@ class WorkerLost(Exception):
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What a worker needs to measure points like every other worker of the run (picklable)."""
+    """What a worker needs to measure points like every other worker of the run (picklable); `canary_ms` is the
+    canary's current baseline (suites/watch.py)."""
 
     device: str
     threads: int
@@ -110,7 +111,7 @@ def serve(conn, spec: WorkerSpec) -> None:
         except Exception:  # the harness's own failure, not a row's: the runner re-raises it with this traceback
             conn.send(("internal", traceback.format_exc()))
             continue
-        conn.send(("done", None))
+        conn.send(("done", runner.watch.baseline_ms))
 
 
 class Worker:
@@ -152,8 +153,9 @@ class Worker:
                 stage, rows, limit = payload
             elif kind == "row":
                 yield payload
-            elif kind == "done":
+            elif kind == "done":  # with the canary's baseline, which a clean, faster window may have lowered
                 self.busy = False
+                self.spec = replace(self.spec, canary_ms=payload)
                 return
             elif kind == "internal":
                 self.busy = False

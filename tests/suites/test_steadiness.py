@@ -13,7 +13,9 @@ import torch
 from suites import spec
 from suites.runner import Runner
 from suites.steadiness import THROTTLE_BITS, Thresholds, Window, canary_verdict, cpu_verdict, gpu_verdict
+from suites.suite_model import Point
 from suites.timing_settings import TimingSettings
+from suites.worker import Worker, WorkerSpec
 
 LIMITS = Thresholds.of(TimingSettings())
 
@@ -34,8 +36,10 @@ def test_canary_drift_and_spread_by_hand():
     assert steady["canary_drift"] == 0.0 and not reasons
     slow, reasons = canary_verdict([1.5, 1.5, 1.5, 1.5, 1.5], 1.0, LIMITS)
     assert slow["canary_drift"] == pytest.approx(0.5) and reasons == [
-        "canary: 1.5 ms vs 1 ms at the start of the run (+50%, limit +-15%)"
+        "canary: 1.5 ms vs 1 ms, the run's baseline (+50%, limit +15%)"
     ]
+    fast, reasons = canary_verdict([0.5, 0.5, 0.5, 0.5, 0.5], 1.0, LIMITS)  # the baseline was the slowed one
+    assert fast["canary_drift"] == pytest.approx(-0.5) and fast["canary_baseline_ms"] == 1.0 and not reasons
     # sorted [1, 1, 2, 3, 3]: median 2, IQR 3 - 1 = 2 -> 1.0 > 0.25
     _, reasons = canary_verdict([1.0, 3.0, 2.0, 1.0, 3.0], 2.0, LIMITS)
     assert reasons == ["canary spread: IQR/median 1.00 > 0.25"]
@@ -60,6 +64,32 @@ def test_gpu_throttle_bits_make_a_window_disturbed():
     assert cols["gpu_throttle"] == [THROTTLE_BITS[0x4], THROTTLE_BITS[0x40]] and cols["sm_clock_fraction"] == 0.5
     assert reasons == ["gpu throttled: sw power cap, hw thermal slowdown (NVML clock-event reasons)"]
     assert gpu_verdict(None, None)[1] == []
+
+
+def test_a_baseline_timed_on_a_slowed_machine_gives_way_to_the_first_clean_faster_window():
+    """A start-of-run canary slowed 20x (planted: a rival during the worker's start-up) flagged every point after it
+    as drifted; now the first clean window lowers the baseline, the worker hands it to its successor, and the
+    points after it are judged against it. A window the OS calls disturbed may not lower it: tried up to 4 points."""
+    settings = TimingSettings(budget_ms=100, min_time_ms=40, warmup_ms=5, retimes=0, energy_ms=0)
+    peaks = {"matmul_tflops": {"float32": 0.05}, "bandwidth_gbs": 10.0}
+    worker = Worker(WorkerSpec("cpu", 1, 0, settings, peaks=peaks, canary_ms=None))
+    true_ms = worker.start()["canary_ms"]
+    worker.close()
+    worker = Worker(WorkerSpec("cpu", 1, 0, settings, peaks=peaks, canary_ms=20 * true_ms))
+    point = Point("s", 64, 128, 4, 2, "swiglu", 8, "float32", "forward", "softmax_topk")
+    try:
+        for _ in range(4):
+            (row,) = worker.run_point(point, ["loop"], None)
+            assert not any(r.startswith("canary: ") for r in row["disturbance"] or []), row["disturbance"]
+            if not row["disturbed"]:
+                break
+        assert row["canary_baseline_ms"] == 20 * true_ms and row["canary_drift"] < -0.5, row
+        assert worker.spec.canary_ms == row["canary_ms"]
+        worker.kill()  # a successor starts from the lowered baseline
+        (after,) = worker.run_point(point, ["loop"], None)
+        assert after["canary_baseline_ms"] == row["canary_ms"]
+    finally:
+        worker.close()
 
 
 COMPETITOR = """
