@@ -8,16 +8,40 @@ of its rows is (reports.load adds `point_disturbed`).
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
 from reports.cells import fmt_value, number
 from reports.document import Block, Para, Table
 from reports.facets import point_key
+from suites.steadiness import late_canary_reason, run_baseline_ms
 
 DISTURBED = "(disturbed)"  # beside a value in a table
 NO_VERDICT = "disturbed, no verdict"  # in place of a verdict
 PLOT_LEGEND = "disturbed: no finding"  # the legend entry of hollow markers and hatched bars
 MAX_BANNER_POINTS = 50
+
+
+def rejudge_canary(df: pd.DataFrame, limit: float) -> None:
+    """Marks disturbed, in place, the rows whose canary is more than `limit` above the run's last baseline.
+
+    The worker judges each window against the baseline it holds then, and a clean window faster by more than
+    the limit lowers it for the windows after (suites/watch.py): the start was the slowed one. The points timed
+    before it, on that slowed machine, are judged here, so which points are flagged does not depend on whether
+    the machine was slow at the start of the run or later.
+    """
+    cols = [[None if _missing(v) else v for v in df[c]] for c in ("canary_ms", "canary_baseline_ms")]
+    windows = list(zip(*cols, df["disturbed"].eq(True)))
+    final = run_baseline_ms(windows, limit)
+    for i, (canary, baseline, _) in zip(df.index, windows):
+        if reason := late_canary_reason(canary, baseline, final, limit):
+            df.at[i, "disturbed"] = True
+            df.at[i, "disturbance"] = [*(df.at[i, "disturbance"] or []), reason]
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def reasons_by_point(df: pd.DataFrame) -> dict[str, str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from reports.disturbed import rejudge_canary
 from reports.facets import point_key
 from reports.stats import by_sizes
 from suites.schema import (
@@ -90,7 +91,7 @@ def load_run(run_dir: str | Path, columns: Collection[str] | None = None) -> tup
         print(
             f"moe-bench: {len(ignored) - MAX_WARNINGS} more lines of {run_dir}/results.jsonl ignored", file=sys.stderr
         )
-    return meta, normalise(df)
+    return meta, normalise(df, (meta.get("timing") or {}).get("disturb_canary_drift"))
 
 
 @contextmanager
@@ -182,8 +183,9 @@ def _show(value) -> str:
     return repr(value) if isinstance(value, str) else json.dumps(value)[:60]
 
 
-def normalise(df: pd.DataFrame) -> pd.DataFrame:
-    """Add missing schema columns, coerce types and derive the latency summary from the raw samples."""
+def normalise(df: pd.DataFrame, canary_drift: float | None = None) -> pd.DataFrame:
+    """Add missing schema columns, coerce types and derive the latency summary from the raw samples; with the
+    run's canary drift limit, judge each window's canary against the run's last baseline (rejudge_canary)."""
     df = df.copy()
     for col in (*RESULT_COLUMNS, *OPTIONAL_COLUMNS):
         if col not in df.columns:
@@ -211,6 +213,8 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
     df["family"] = df["family"].where(df["family"].notna(), family)
     _fill_latency(df)
     df = df.reset_index(drop=True)
+    if canary_drift is not None:
+        rejudge_canary(df, canary_drift)
     # A point is disturbed when any of its rows was: its rows were timed side by side, round-robin.
     disturbed = df["disturbed"].eq(True)
     df["point_disturbed"] = disturbed.groupby(point_key(df).to_numpy()).transform("any") if len(df) else disturbed

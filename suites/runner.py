@@ -19,7 +19,9 @@ from tqdm import tqdm
 from suites.environment import now, run_meta
 from suites.results import ResultsWriter, read_run_meta, write_run_meta
 from suites.retries import measure_point
+from suites.steadiness import late_canary_reason, run_baseline_ms
 from suites.suite_model import Suite
+from suites.timing_settings import TimingSettings
 from suites.worker import InlineWorker, Worker, WorkerSpec
 
 FAILING = ("wrong", "error", "timeout")
@@ -35,7 +37,17 @@ class RunSummary:
     planned: int = 0  # rows the suite asks for
     written: int = 0  # of those, rows on disk (earlier sessions of a resumed run included)
     worker_starts: int = 0
-    disturbed: set[str] = field(default_factory=set)  # point ids whose timing the machine disturbed
+    canary_drift: float = TimingSettings.disturb_canary_drift
+    flagged: set[str] = field(default_factory=set)  # point ids the worker found disturbed as it timed them
+    canaries: dict[str, tuple] = field(default_factory=dict)  # point id -> (canary_ms, its baseline, flagged)
+
+    @property
+    def disturbed(self) -> set[str]:
+        """Point ids whose timing the machine disturbed: those flagged, and those whose canary is past the limit
+        of the baseline a later clean window lowered (suites/steadiness.py late_canary_reason)."""
+        final = run_baseline_ms(self.canaries.values(), self.canary_drift)
+        late = {p for p, (c, b, _) in self.canaries.items() if late_canary_reason(c, b, final, self.canary_drift)}
+        return self.flagged | late
 
     @property
     def complete(self) -> bool:
@@ -49,7 +61,13 @@ class RunSummary:
     def add(self, row: dict) -> None:
         self.statuses[row["status"]] += 1
         if row.get("disturbed"):
-            self.disturbed.add(row["point_id"])
+            self.flagged.add(row["point_id"])
+        if row.get("canary_ms") is not None:
+            self.canaries[row["point_id"]] = (
+                row["canary_ms"],
+                row.get("canary_baseline_ms"),
+                bool(row.get("disturbed")),
+            )
         self.timed_s += sum(row.get("samples_ms") or []) / 1e3
 
 
@@ -85,7 +103,7 @@ class Runner:
         self.progress, self.isolate = progress, isolate
 
     def run(self) -> RunSummary:
-        summary = RunSummary(self.out_dir)
+        summary = RunSummary(self.out_dir, canary_drift=self.suite.timing.disturb_canary_drift)
         start = time.perf_counter()
         writer = ResultsWriter(self.out_dir)
         summary.planned = sum(len(self._names(p)) for p in self.suite.points)

@@ -13,7 +13,7 @@ from suites.cache import plan_copies
 from suites.checks import CheckedRow
 from suites.copies import CopyBudget
 from suites.nvml import NVML
-from suites.steadiness import Thresholds, Window, canary_verdict, cpu_verdict, gpu_verdict
+from suites.steadiness import Thresholds, Window, canary_verdict, cpu_verdict, gpu_verdict, lowers_baseline
 from suites.timing import RowCalls, RowTiming, time_rows
 
 CANARY = "__canary__"  # the hidden row: a fixed matmul of about CANARY_MS, timed beside every point's rows
@@ -49,7 +49,7 @@ class WatchedTimer:
             gpu_cols, gpu_reasons = gpu_verdict(gpu_before, self.nvml.clock_state())
             canary_cols, canary_reasons = canary_verdict(canary.samples_ms, self.baseline_ms, self.thresholds)
             reasons = cpu_verdict(window, self.thresholds) + canary_reasons + gpu_reasons
-            if not reasons and canary_cols["canary_drift"] < -self.thresholds.canary_drift:
+            if lowers_baseline(canary_cols["canary_ms"], self.baseline_ms, self.thresholds.canary_drift, bool(reasons)):
                 self.baseline_ms = canary_cols["canary_ms"]
             if not reasons or attempt == s.retimes:
                 break

@@ -43,3 +43,21 @@ def test_sparse_rows_get_every_column_and_a_summary_from_samples(tmp_path):
     assert df.loc[0, "latency_ms_median"] == 2.5
     assert df.loc[0, "tokens_per_s"] == 8 / 2.5e-3
     assert df.loc[0, "family"] == "moe"
+
+
+def test_a_point_timed_on_a_slowed_start_is_disturbed_once_a_later_window_lowered_the_baseline(tmp_path):
+    """The worker judged the first point against the slowed start's own 1.5 ms canary (clean); the second point's
+    clean 1.0 ms lowered the baseline. Read back, the first point is disturbed, and says why; no other is."""
+    rows = synth.make_rows(tokens=(1, 16, 256), failures=False)
+    points = list(dict.fromkeys(r["point_id"] for r in rows))
+    canary = {points[0]: (1.5, 1.5), points[1]: (1.0, 1.5)}  # the points after: (1.1, 1.0)
+    for row in rows:
+        c, b = canary.get(row["point_id"], (1.1, 1.0))
+        row.update(canary_ms=c, canary_baseline_ms=b, disturbed=False, disturbance=None)
+    run = synth.write_run(tmp_path / "run", rows, synth.meta(timing={"disturb_canary_drift": 0.15}))
+    _, df = load_run(run)
+    first = df["point_id"].eq(points[0])
+    assert df.loc[first, "point_disturbed"].all() and not df.loc[~first, "point_disturbed"].any()
+    assert df.loc[first, "disturbance"].map(lambda d: d[-1].startswith("canary: 1.5 ms vs 1 ms")).all()
+    _, unjudged = load_run(synth.write_run(tmp_path / "old", rows, synth.meta()))  # a run.json without the limit
+    assert not unjudged["point_disturbed"].any()

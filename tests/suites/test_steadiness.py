@@ -5,14 +5,24 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
 from suites import spec
-from suites.runner import Runner
-from suites.steadiness import THROTTLE_BITS, Thresholds, Window, canary_verdict, cpu_verdict, gpu_verdict
+from suites.runner import Runner, RunSummary
+from suites.steadiness import (
+    THROTTLE_BITS,
+    Thresholds,
+    Window,
+    canary_verdict,
+    cpu_verdict,
+    gpu_verdict,
+    late_canary_reason,
+    run_baseline_ms,
+)
 from suites.suite_model import Point
 from suites.timing_settings import TimingSettings
 from suites.worker import Worker, WorkerSpec
@@ -43,6 +53,35 @@ def test_canary_drift_and_spread_by_hand():
     # sorted [1, 1, 2, 3, 3]: median 2, IQR 3 - 1 = 2 -> 1.0 > 0.25
     _, reasons = canary_verdict([1.0, 3.0, 2.0, 1.0, 3.0], 2.0, LIMITS)
     assert reasons == ["canary spread: IQR/median 1.00 > 0.25"]
+
+
+def test_a_point_timed_before_the_baseline_was_lowered_is_judged_against_the_lowered_one():
+    """Windows in run order as (canary_ms, the baseline it was judged against, disturbed): the start's 1.5 ms was
+    slowed, the second window's clean 1.0 ms lowered it. The first point ran on the slowed machine: disturbed
+    after all. The second is the baseline itself; the third was judged against 1.0 already (by the worker)."""
+    windows = [(1.5, 1.5, False), (1.0, 1.5, False), (1.3, 1.0, True), (1.05, 1.0, False)]
+    assert run_baseline_ms(windows, 0.15) == 1.0
+    reasons = [late_canary_reason(c, b, 1.0, 0.15) for c, b, _ in windows]
+    assert reasons == [
+        "canary: 1.5 ms vs 1 ms, the run's baseline once a later clean window lowered it (+50%, limit +15%)",
+        None,
+        None,
+        None,
+    ]
+    # a disturbed window never lowers the baseline, however fast its canary
+    assert run_baseline_ms([(1.5, 1.5, False), (0.5, 1.5, True)], 0.15) == 1.5
+    summary = RunSummary(Path("."), canary_drift=0.15)
+    for point, (canary, baseline, disturbed) in zip("abcd", windows):
+        summary.add(
+            {
+                "point_id": point,
+                "status": "ok",
+                "canary_ms": canary,
+                "canary_baseline_ms": baseline,
+                "disturbed": disturbed,
+            }
+        )
+    assert summary.disturbed == {"a", "c"}
 
 
 def test_cpu_verdict_names_each_signal_past_its_threshold():
