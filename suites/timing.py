@@ -37,10 +37,6 @@ from suites.timing_settings import TimingSettings
 
 CHECK_EVERY = 5  # samples between stopping-rule checks: sorting is cheap, but not free at microsecond calls
 MAX_BLOCK = 64  # calls per block at most, so a microsecond row still hands over to its neighbours often
-# Cold rows whose calls take longer than this skip the re-entry call: waking the thread pool costs well under
-# 0.1 ms, under 2% of such a call, and the rotation already decides the cache state. Warm rows always re-enter:
-# the first call of their block is what brings their data back into cache.
-REENTRY_MAX_MS = 5.0
 
 
 @dataclass
@@ -96,9 +92,13 @@ class _RowState:
         self.calls, self.turn, self.timing = calls, turn, timing
         copies = list(calls.calls)
         self.copies: list[Callable[[], object]] = copies[:1] if warm else copies  # one call per copy, or a graph
-        # Every block starts with an untimed re-entry call, the canary's too: its one timed call a round then
-        # finds its own data in cache, as when its start-of-run figure was taken, whatever a neighbour streamed.
-        self.block, self.spent_ms, self.reenter = 1, 0.0, True
+        # Every block starts with an untimed re-entry call, long cold calls and the canary's too. The rotation
+        # decides where the weights are, but not the rest of what a neighbour's call left: the row's scratch
+        # memory (reused from the heap, suites/worker.py MALLOC_TUNABLES), TLB, branch and thread-pool state.
+        # Paired per call under the worker's allocator settings, cold (8 copies), fine-32x4 T=16 train, a call
+        # after the neighbours / after its own call: transformers' eager experts (16-20 ms) 1.30 and 1.10 without
+        # it, 1.10 and 1.02 with it; loop (6 ms) 1.08 and 1.03; dense_all (7 ms) 1.04 and 1.00.
+        self.block, self.spent_ms = 1, 0.0
 
     def next_copy(self) -> int:
         return next(self.turn) % len(self.copies)
@@ -224,8 +224,7 @@ def _run_block(row: _RowState, flush: L2Flush | None, cuda: bool) -> Callable[[]
 
 def _cpu_block(row: _RowState, flush: L2Flush | None) -> Callable[[], tuple[list[float], float]]:
     start = time.perf_counter()
-    if row.reenter:
-        _call(row, flush)
+    _call(row, flush)
     samples = []
     for _ in range(row.block):
         copy = _ready_copy(row, flush)
@@ -242,8 +241,7 @@ def _cuda_block(row: _RowState, flush: L2Flush | None) -> Callable[[], tuple[lis
     graph's replay) run; a flush is enqueued before its call's begin event, so it stays outside the sample."""
     span, events = _event_pair(), [_event_pair() for _ in range(row.block)]
     span[0].record()
-    if row.reenter:
-        _call(row, flush)
+    _call(row, flush)
     for begin, end in events:
         copy = _ready_copy(row, flush)
         begin.record()
@@ -260,7 +258,7 @@ def _event_pair() -> tuple[torch.cuda.Event, torch.cuda.Event]:
 
 def _warm_up(row: _RowState, flush: L2Flush | None, s: TimingSettings, cuda: bool) -> None:
     """Untimed calls for `warmup_ms`, at least two; from the fastest after the first, the block size that
-    fills about `block_ms`, and whether a cold row still needs its re-entry call."""
+    fills about `block_ms`."""
     start, times = time.perf_counter(), []
     while True:
         t0 = time.perf_counter()
@@ -274,7 +272,6 @@ def _warm_up(row: _RowState, flush: L2Flush | None, s: TimingSettings, cuda: boo
         return
     call_ms = min(times[1:]) * 1e3
     row.block = max(1, min(MAX_BLOCK, int(s.block_ms / max(call_ms, 1e-6))))
-    row.reenter = not (s.cache == "cold" and call_ms > REENTRY_MAX_MS)
 
 
 def time_fn(

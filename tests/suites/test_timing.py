@@ -106,3 +106,28 @@ def test_the_canary_re_enters_before_its_timed_call_so_a_streaming_neighbour_can
     rounds = "".join("c" if name == "canary" else "r" for name in order).split("r")
     timed_runs = [len(run) for run in rounds if run][1:]  # after the warm-up calls
     assert timed_runs and all(n == 2 for n in timed_runs), order
+
+
+def test_every_timed_call_follows_its_own_rows_call_even_a_long_cold_one():
+    """A cold row's rotation puts its weights out of cache, but what a neighbour's call left (the row's scratch
+    memory, TLB and thread-pool state) still slows the call after it: transformers' eager experts' 20 ms cold
+    train call ran 1.10-1.30x slower after its neighbours than after its own call (1.02 with the re-entry call).
+    So every block re-enters, however long the call."""
+    order: list[str] = []
+
+    def row(name: str) -> RowCalls:
+        def call(copy: int) -> None:
+            order.append(name)
+            time.sleep(0.006)
+
+        return RowCalls([lambda: call(0), lambda: call(1)], pool=name)
+
+    settings = TimingSettings(budget_ms=1000, min_time_ms=1, warmup_ms=0, min_reps=3, max_reps=3, block_ms=1e-6)
+    assert settings.cache == "cold"
+    timings = time_rows({"a": row("a"), "b": row("b")}, torch.device("cpu"), settings)
+    assert all(len(t.samples_ms) == 3 for t in timings.values())
+    after_warm_up = order[4:]  # each row's two warm-up calls
+    # per round and row, a block: the untimed re-entry call, then the one timed call (block_ms makes it one)
+    assert [after_warm_up.count(name) for name in "ab"] == [2 * 3, 2 * 3], order
+    blocks = [after_warm_up[i : i + 2] for i in range(0, len(after_warm_up), 2)]
+    assert all(block[0] == block[1] for block in blocks), order
