@@ -15,7 +15,7 @@ import pandas as pd
 from reports.cells import fmt_value, number
 from reports.document import Block, Para, Table
 from reports.facets import point_key
-from suites.steadiness import late_canary_reason, run_baseline_ms
+from suites.schema import late_canary_reason, run_baseline_ms
 
 DISTURBED = "(disturbed)"  # beside a value in a table
 NO_VERDICT = "disturbed, no verdict"  # in place of a verdict

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from suites.environment import now, run_meta
 from suites.results import ResultsWriter, read_run_meta, write_run_meta
 from suites.retries import measure_point
-from suites.steadiness import late_canary_reason, run_baseline_ms
+from suites.schema import late_canary_reason, run_baseline_ms
 from suites.suite_model import Suite
 from suites.timing_settings import TimingSettings
 from suites.worker import InlineWorker, Worker, WorkerSpec
@@ -44,7 +44,7 @@ class RunSummary:
     @property
     def disturbed(self) -> set[str]:
         """Point ids whose timing the machine disturbed: those flagged, and those whose canary is past the limit
-        of the baseline a later clean window lowered (suites/steadiness.py late_canary_reason)."""
+        of the baseline a later clean window lowered (suites/schema.py late_canary_reason)."""
         final = run_baseline_ms(self.canaries.values(), self.canary_drift)
         late = {p for p, (c, b, _) in self.canaries.items() if late_canary_reason(c, b, final, self.canary_drift)}
         return self.flagged | late

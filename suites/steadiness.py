@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import resource
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,35 +134,6 @@ def canary_verdict(samples_ms: list[float], baseline_ms: float | None, t: Thresh
     if stats.rel_iqr > t.canary_rel_iqr:
         reasons.append(f"canary spread: IQR/median {stats.rel_iqr:.2f} > {t.canary_rel_iqr:.2f}")
     return cols | {"canary_ms": stats.median, "canary_rel_iqr": stats.rel_iqr, "canary_drift": drift}, reasons
-
-
-def lowers_baseline(canary_ms: float | None, baseline_ms: float | None, limit: float, disturbed: bool) -> bool:
-    """A clean window whose canary beat the baseline by more than the drift limit: the baseline was timed on a
-    slowed machine, and this window's median replaces it for the windows after it."""
-    return not disturbed and canary_ms is not None and bool(baseline_ms) and canary_ms < baseline_ms * (1 - limit)
-
-
-def run_baseline_ms(windows: Iterable[tuple[float | None, float | None, bool]], limit: float) -> float | None:
-    """The run's last canary baseline, from each window's (canary_ms, canary_baseline_ms, disturbed)."""
-    windows = list(windows)
-    lowered = [c for c, b, d in windows if lowers_baseline(c, b, limit, d)]
-    return min([b for _, b, _ in windows if b] + lowered, default=None)
-
-
-def late_canary_reason(
-    canary_ms: float | None, baseline_ms: float | None, final_ms: float | None, limit: float
-) -> str | None:
-    """Why a window judged against a baseline that a later window lowered was disturbed after all: its canary
-    is more than the limit above the lowered one (and was not already above its own). None when it is not."""
-    if canary_ms is None or not baseline_ms or not final_ms or baseline_ms <= final_ms:
-        return None
-    drift = canary_ms / final_ms - 1
-    if drift <= limit or canary_ms > baseline_ms * (1 + limit):
-        return None
-    return (
-        f"canary: {canary_ms:.3g} ms vs {final_ms:.3g} ms, the run's baseline once a later clean window lowered it "
-        f"({drift:+.0%}, limit +{limit:.0%})"
-    )
 
 
 def cpu_verdict(window: Window, t: Thresholds) -> list[str]:

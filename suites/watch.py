@@ -13,7 +13,8 @@ from suites.cache import plan_copies
 from suites.checks import CheckedRow
 from suites.copies import CopyBudget
 from suites.nvml import NVML
-from suites.steadiness import Thresholds, Window, canary_verdict, cpu_verdict, gpu_verdict, lowers_baseline
+from suites.schema import lowers_baseline
+from suites.steadiness import Thresholds, Window, canary_verdict, cpu_verdict, gpu_verdict
 from suites.timing import RowCalls, RowTiming, time_rows
 
 CANARY = "__canary__"  # the hidden row: a fixed matmul of about CANARY_MS, timed beside every point's rows

@@ -13,6 +13,7 @@ import torch
 
 from suites import spec
 from suites.runner import Runner, RunSummary
+from suites.schema import late_canary_reason, run_baseline_ms
 from suites.steadiness import (
     THROTTLE_BITS,
     Thresholds,
@@ -20,8 +21,6 @@ from suites.steadiness import (
     canary_verdict,
     cpu_verdict,
     gpu_verdict,
-    late_canary_reason,
-    run_baseline_ms,
 )
 from suites.suite_model import Point
 from suites.timing_settings import TimingSettings
