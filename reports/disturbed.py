@@ -8,8 +8,6 @@ of its rows is (reports.load adds `point_disturbed`).
 
 from __future__ import annotations
 
-import math
-
 import pandas as pd
 
 from reports.cells import fmt_value, number
@@ -31,17 +29,13 @@ def rejudge_canary(df: pd.DataFrame, limit: float) -> None:
     before it, on that slowed machine, are judged here, so which points are flagged does not depend on whether
     the machine was slow at the start of the run or later.
     """
-    cols = [[None if _missing(v) else v for v in df[c]] for c in ("canary_ms", "canary_baseline_ms")]
+    cols = [df[c].astype(object).where(df[c].notna(), None) for c in ("canary_ms", "canary_baseline_ms")]
     windows = list(zip(*cols, df["disturbed"].eq(True)))
     final = run_baseline_ms(windows, limit)
     for i, (canary, baseline, _) in zip(df.index, windows):
         if reason := late_canary_reason(canary, baseline, final, limit):
             df.at[i, "disturbed"] = True
             df.at[i, "disturbance"] = [*(df.at[i, "disturbance"] or []), reason]
-
-
-def _missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def reasons_by_point(df: pd.DataFrame) -> dict[str, str]:

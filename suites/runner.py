@@ -39,14 +39,15 @@ class RunSummary:
     worker_starts: int = 0
     canary_drift: float = TimingSettings.disturb_canary_drift
     flagged: set[str] = field(default_factory=set)  # point ids the worker found disturbed as it timed them
-    canaries: dict[str, tuple] = field(default_factory=dict)  # point id -> (canary_ms, its baseline, flagged)
+    canaries: dict[str, tuple] = field(default_factory=dict)  # point id -> (canary_ms, the baseline it was judged by)
 
     @property
     def disturbed(self) -> set[str]:
         """Point ids whose timing the machine disturbed: those flagged, and those whose canary is past the limit
         of the baseline a later clean window lowered (suites/schema.py late_canary_reason)."""
-        final = run_baseline_ms(self.canaries.values(), self.canary_drift)
-        late = {p for p, (c, b, _) in self.canaries.items() if late_canary_reason(c, b, final, self.canary_drift)}
+        windows = ((c, b, p in self.flagged) for p, (c, b) in self.canaries.items())
+        final = run_baseline_ms(windows, self.canary_drift)
+        late = {p for p, (c, b) in self.canaries.items() if late_canary_reason(c, b, final, self.canary_drift)}
         return self.flagged | late
 
     @property
@@ -63,11 +64,7 @@ class RunSummary:
         if row.get("disturbed"):
             self.flagged.add(row["point_id"])
         if row.get("canary_ms") is not None:
-            self.canaries[row["point_id"]] = (
-                row["canary_ms"],
-                row.get("canary_baseline_ms"),
-                bool(row.get("disturbed")),
-            )
+            self.canaries[row["point_id"]] = (row["canary_ms"], row.get("canary_baseline_ms"))
         self.timed_s += sum(row.get("samples_ms") or []) / 1e3
 
 
