@@ -166,12 +166,28 @@ def test_points_timed_during_a_planted_competing_process_are_flagged_and_only_th
     """A point that spent a quarter of its timing beside the rival is flagged, and the OS saw it (the CPU
     pressure threshold is a tenth of the window). A point that never overlapped it gets no OS signal. The
     canary may still flag one there: it also sees the host's other tenants, a true slowdown the OS of a
-    virtual machine cannot see; but it must leave clean points clean, so a canary that always fires fails."""
-    suite_file = tmp_path / "contended.toml"
+    virtual machine cannot see; but it must leave clean points clean, so a canary that always fires fails.
+    Run again (up to three times) while every clean point is flagged: a slow spell of the host's tenants after
+    the rival flagged both of them once in a full test run (+43% and +56%, with the canary's own spread at 0.38);
+    a canary that always fires fails every attempt."""
+    for attempt in range(3):
+        outside = _run_beside_a_rival(tmp_path / f"attempt{attempt}")
+        if not outside["disturbed"].all():
+            return
+    raise AssertionError(
+        f"the canary leaves clean points clean, in none of 3 attempts; the last:\n{outside.to_string()}"
+    )
+
+
+def _run_beside_a_rival(run_dir: Path) -> pd.DataFrame:
+    """Runs the suite with a rival process part of the way through, checks the OS signals, and returns the
+    points that never overlapped the rival."""
+    run_dir.mkdir()
+    suite_file = run_dir / "contended.toml"
     suite_file.write_text(SUITE.format(retimes=0))
     suite = spec.load(str(suite_file))
     window: list[float] = []
-    results = tmp_path / "run" / "results.jsonl"
+    results = run_dir / "run" / "results.jsonl"
 
     def compete(after_rows: int, for_s: float) -> None:
         """Starts the rival once `after_rows` rows are on disk, so some points run before it and some after.
@@ -184,7 +200,7 @@ def test_points_timed_during_a_planted_competing_process_are_flagged_and_only_th
 
     rival = threading.Thread(target=compete, args=(6, 2.0), daemon=True)
     rival.start()
-    Runner(suite, torch.device("cpu"), tmp_path / "run", progress=False).run()
+    Runner(suite, torch.device("cpu"), run_dir / "run", progress=False).run()
     rival.join()
     rows = pd.read_json(results, lines=True)
     points = rows.groupby("point_id").agg(
@@ -199,4 +215,4 @@ def test_points_timed_during_a_planted_competing_process_are_flagged_and_only_th
     by_os = points["why"].map(lambda why: any(re.match(OS_SIGNALS, r) for r in why))
     assert by_os[hit.index].all(), f"every point timed beside the rival is flagged by the OS:\n{hit.to_string()}"
     assert not by_os[outside.index].any(), f"no OS signal outside the rival's window:\n{outside.to_string()}"
-    assert not outside["disturbed"].all(), f"the canary leaves clean points clean:\n{outside.to_string()}"
+    return outside
