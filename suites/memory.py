@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import torch
 from torch import nn
-from torch.profiler import ProfilerActivity, profile
+from torch.autograd.profiler import profile
 
 R = TypeVar("R")
 
@@ -40,12 +40,14 @@ def measure_cuda(fn: Callable[[], R], device: torch.device) -> tuple[R, MemoryMe
 
 
 def measure_cpu(fn: Callable[[], R]) -> tuple[R, MemoryMeasurement]:
-    """Replays the profiler's [memory] events in time order; the peak of their running sum is the call's peak."""
-    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    """Replays the profiler's [memory] events in time order; the peak of their running sum is the call's peak.
+
+    torch.autograd.profiler.profile, the profiler that torch.profiler.profile wraps, records the same events:
+    the wrapper's start asks `hasattr(torch, "_inductor")`, which imports torch._inductor and dynamo (about 2 s
+    of every worker's first point on two cores, torch 2.13)."""
+    with _quiet_native_stderr(), profile(use_cpu=True, profile_memory=True) as prof:
         result = fn()
-    events = [
-        e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]" and e.device_type().name == "CPU"
-    ]
+    events = [e for e in prof.kineto_results.events() if e.name() == "[memory]" and e.device_type().name == "CPU"]
     running = peak = 0
     for e in sorted(events, key=lambda e: e.start_ns()):
         running += e.nbytes()
