@@ -5,7 +5,9 @@ worker's allocator settings) is meant to make each row's time what it would be a
 point: each try times the point's round-robin and then every row alone, in one worker as a run starts it;
 odd tries run the rows alone first, in reverse, so that drift of the machine during a try cancels over the tries.
 A cell is the median over tries of the row's median with its neighbours over its median alone; each cell outside
-the tolerance is listed with its tries, so a spread wider than the tolerance shows as such. A point's line is
+the tolerance is listed with its tries, so a spread wider than the tolerance shows as such. Each point also says how
+many of its timings the runner flagged as taken on a disturbed machine (suites/steadiness.py): a miss there measures
+the host, not the protocol. A point's line is
 printed as soon as it is measured. Exit 0 when every cell is within `--within` of 1, 1 when one is not (or a row
 was not measured), 2 for bad arguments.
 """
@@ -33,6 +35,8 @@ class PointRatios:
     label: str
     ratios: dict[str, float | None]  # row -> median of with-neighbours / alone; None when a try did not measure it
     tries: dict[str, list[float]]  # row -> each try's with-neighbours / alone, in the order they ran
+    timings: int  # the worker's timings of the point: one with its neighbours and one per row alone, each try
+    disturbed: int  # how many of them the runner flagged as timed on a disturbed machine
 
 
 def measure(points: Sequence[Point], rows: Sequence[str], run_point: RunPoint, tries: int) -> Iterator[PointRatios]:
@@ -43,25 +47,32 @@ def measure(points: Sequence[Point], rows: Sequence[str], run_point: RunPoint, t
 def _point(point: Point, rows: list[str], run_point: RunPoint, tries: int) -> PointRatios:
     per_try: dict[str, list[float]] = {r: [] for r in rows}
     missing: set[str] = set()
+    flags: list[bool] = []
+
+    def timed(todo: list[str]) -> list[dict]:
+        found = list(run_point(point, todo))
+        flags.append(any(row.get("disturbed") for row in found))
+        return found
+
     for i in range(tries):
         if i % 2 == 0:
-            together, alone = _medians(run_point(point, rows)), _alone(point, rows, run_point)
+            together, alone = _medians(timed(rows)), _alone(rows, timed)
         else:
-            alone = _alone(point, rows[::-1], run_point)
-            together = _medians(run_point(point, rows))
+            alone = _alone(rows[::-1], timed)
+            together = _medians(timed(rows))
         for r in rows:
             if r in together and r in alone:
                 per_try[r].append(together[r] / alone[r])
             else:
                 missing.add(r)
     ratios = {r: None if r in missing else statistics.median(per_try[r]) for r in rows}
-    return PointRatios(label(point), ratios, per_try)
+    return PointRatios(label(point), ratios, per_try, len(flags), sum(flags))
 
 
-def _alone(point: Point, order: list[str], run_point: RunPoint) -> dict[str, float]:
+def _alone(order: list[str], timed: Callable[[list[str]], list[dict]]) -> dict[str, float]:
     found: dict[str, float] = {}
     for r in order:
-        found.update(_medians(run_point(point, [r])))
+        found.update(_medians(timed([r])))
     return found
 
 
@@ -74,12 +85,12 @@ def render(table: list[PointRatios], rows: Sequence[str], within: float) -> str:
 
 
 def header(rows: Sequence[str]) -> str:
-    return "| point | " + " | ".join(rows) + " |\n" + "|---|" + "---|" * len(rows) + "\n"
+    return "| point | " + " | ".join(rows) + " | disturbed |\n" + "|---|" + "---|" * (len(rows) + 1) + "\n"
 
 
 def line(p: PointRatios, rows: Sequence[str]) -> str:
     cells = ["-" if p.ratios[r] is None else f"{p.ratios[r]:.3f}" for r in rows]
-    return f"| {p.label} | " + " | ".join(cells) + " |\n"
+    return f"| {p.label} | " + " | ".join(cells) + f" | {p.disturbed} of {p.timings} |\n"
 
 
 def summary(table: list[PointRatios], within: float) -> str:
@@ -98,6 +109,12 @@ def summary(table: list[PointRatios], within: float) -> str:
         for r, v in p.ratios.items()
         if v is not None and abs(v - 1) > within
     ]
+    flagged, timings = sum(p.disturbed for p in table), sum(p.timings for p in table)
+    if flagged:
+        count += (
+            f"\n{flagged} of {timings} timings were flagged as taken on a disturbed machine (suites/steadiness.py):"
+            " a cell from them measures the host's other load as much as the protocol"
+        )
     return "\n" + count + "\n" + "".join(f"{o}\n" for o in outside)
 
 

@@ -36,7 +36,9 @@ tokens = [8]
 
 def test_each_try_alternates_which_side_runs_first_and_a_cell_is_the_median_ratio():
     """A stand-in for the worker that records the order and answers 2 ms with neighbours and, alone, 1 ms at a
-    row's first two tries and 4 ms at its third: ratios 2, 2 and 0.5, median 2. A row it never measures is None."""
+    row's first two tries and 4 ms at its third: ratios 2, 2 and 0.5, median 2. A row it never measures is None.
+    It flags b's timings alone as disturbed, as the runner flags a point timed beside other load: the point counts
+    them and the summary says what such a cell measures."""
     point = spec.load("smoke").points[0]
     calls: list[tuple[str, ...]] = []
     alone_calls = {"a": 0, "b": 0}
@@ -49,15 +51,20 @@ def test_each_try_alternates_which_side_runs_first_and_a_cell_is_the_median_rati
         if r == "lost":
             return [{"impl": r, "status": "error", "latency_ms_median": None}]
         alone_calls[r] += 1
-        return [{"impl": r, "status": "ok", "latency_ms_median": 4.0 if alone_calls[r] == 3 else 1.0}]
+        return [
+            {"impl": r, "status": "ok", "latency_ms_median": 4.0 if alone_calls[r] == 3 else 1.0, "disturbed": r == "b"}
+        ]
 
     (cell,) = list(measure([point], ["a", "b", "lost"], run_point, tries=3))
     both = ("a", "b", "lost")
     assert calls == [both, ("a",), ("b",), ("lost",), ("lost",), ("b",), ("a",), both, both, ("a",), ("b",), ("lost",)]
-    assert cell.ratios == {"a": 2.0, "b": 2.0, "lost": None}
+    assert cell.ratios == {"a": 2.0, "b": 2.0, "lost": None} and (cell.disturbed, cell.timings) == (3, 12)
     assert not all_within([cell], 0.05)
     text = render([cell], ["a", "b", "lost"], 0.05)
-    assert "| 2.000 | 2.000 | - |" in text and "0 of 3 cells within 5% (2.000 to 2.000); 1 not measured" in text
+    assert (
+        "| 2.000 | 2.000 | - | 3 of 12 |" in text and "0 of 3 cells within 5% (2.000 to 2.000); 1 not measured" in text
+    )
+    assert "3 of 12 timings were flagged as taken on a disturbed machine" in text
     assert f"- a at {cell.label}: 2.000, tries 2.00, 2.00, 0.50" in text.splitlines(), text  # a miss shows its tries
 
 
@@ -67,7 +74,8 @@ def test_the_command_times_a_point_with_and_without_its_neighbours(tmp_path, cap
     code = main(["neighbours", str(suite), "--tries", "2", "--within", "0.5"])
     out = capsys.readouterr().out
     (row,) = [line for line in out.splitlines() if line.startswith("| tiny T=8 float32 forward softmax_topk |")]
-    cells = [float(c) for c in row.strip(" |").split("|")[1:]]
+    cells = [float(c) for c in row.strip(" |").split("|")[1:-1]]
+    assert re.fullmatch(r"\d of 6", row.strip(" |").split("|")[-1].strip()), row  # 2 tries: together and each row alone
     assert len(cells) == 2 and all(0.3 < c < 3 for c in cells), row
     match = re.search(r"(\d+) of 2 cells within 50%", out)
     assert match and code == (0 if match.group(1) == "2" else 1)
