@@ -79,7 +79,7 @@ def _by_group(frame: pd.DataFrame, rows: Iterable[list[Cell]]) -> Rows:
 
 def winners(df: pd.DataFrame) -> tuple[list[str], Rows]:
     headers = ["tokens", "routing", "winner", "median", "runner-up", "median", "margin", "MWU p"]
-    headers.append("winner vs flop_matched")
+    headers.append("efficiency (flop/winner)")  # as the dense table reads: above 1, the MoE winner is faster
     ranked = _ranked(df)
     best = ranked[ranked["rank"] == 0]
     second = first_match(best, ranked[ranked["rank"] == 1], [POINT], ["impl", "latency_ms_median", "samples_ms"])

@@ -122,6 +122,41 @@ def test_versus_peers_table_compares_our_best_with_the_best_transformers_row(com
     assert row[6].value == pytest.approx(0.8, rel=1e-3) and row[-1] == "faster"
 
 
+def test_the_winners_table_says_which_way_its_dense_ratio_reads():
+    """The winner's efficiency against the FLOP-matched FFN is the dense time over the winner's (0.25 for a winner
+    four times slower), and its header says so: "winner vs flop_matched" read as the winner's share of the dense
+    time, the opposite."""
+    from reports import tables
+    from reports.load import normalise
+
+    rows = []
+    for impl, family, ms in [("padded", "moe", 4.0), ("loop", "moe", 5.0), ("flop_matched", "dense", 1.0)]:
+        samples = [ms * (1 + 0.01 * i) for i in range(10)]
+        rows.append(
+            dict(
+                point_id="p" if family == "moe" else "d",
+                impl=impl,
+                family=family,
+                tokens=64,
+                d_model=8,
+                d_ff=8,
+                num_experts=4,
+                top_k=2,
+                activation="swiglu",
+                dtype="float32",
+                mode="forward",
+                routing="softmax_topk",
+                status="ok",
+                samples_ms=samples,
+                latency_ms_median=sorted(samples)[5],
+            )
+        )
+    headers, table = tables.winners(normalise(pd.DataFrame(rows)).assign(group=0))
+    ((row,),) = table.values()
+    assert row[2] == "padded" and headers[-1] == "efficiency (flop/winner)"
+    assert row[-1].value == pytest.approx(0.25, rel=1e-6)
+
+
 def test_a_long_group_title_fits_inside_its_figure():
     """A fine-grained shape with a non-default option names many parts; on one line the title ran past both edges
     of the figure (matplotlib clips it), as the cpu suite's fine-32x4 throughput plot showed."""
