@@ -159,7 +159,7 @@ def _peer_row(own: tuple, theirs: tuple, p: float, compile_s: float | None) -> l
 
 def versus_dense(df: pd.DataFrame) -> tuple[list[str], Rows]:
     headers = ["tokens", "routing", "impl", "median", "flop_matched", "efficiency (flop/impl)", "param_matched"]
-    headers += ["speed-up vs param", "peak mem", "mem vs param"]
+    headers += ["speed-up (param/impl)", "peak mem", "mem (impl/param)"]
     points = _points(df)
     flop, param = (dense_references(points, df, impl) for impl in ("flop_matched", "param_matched"))
     rows = map(

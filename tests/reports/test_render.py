@@ -122,15 +122,17 @@ def test_versus_peers_table_compares_our_best_with_the_best_transformers_row(com
     assert row[6].value == pytest.approx(0.8, rel=1e-3) and row[-1] == "faster"
 
 
-def test_the_winners_table_says_which_way_its_dense_ratio_reads():
+def test_the_dense_ratios_say_which_way_they_read():
     """The winner's efficiency against the FLOP-matched FFN is the dense time over the winner's (0.25 for a winner
     four times slower), and its header says so: "winner vs flop_matched" read as the winner's share of the dense
-    time, the opposite."""
+    time, the opposite. In the dense table, the speed-up is param_matched's time over the row's and the memory
+    the row's peak over param_matched's: each header names its fraction."""
     from reports import tables
     from reports.load import normalise
 
     rows = []
-    for impl, family, ms in [("padded", "moe", 4.0), ("loop", "moe", 5.0), ("flop_matched", "dense", 1.0)]:
+    runs = [("padded", "moe", 4.0, 2e6), ("loop", "moe", 5.0, 3e6), ("flop_matched", "dense", 1.0, 1e6)]
+    for impl, family, ms, mem in [*runs, ("param_matched", "dense", 8.0, 4e6)]:
         samples = [ms * (1 + 0.01 * i) for i in range(10)]
         rows.append(
             dict(
@@ -149,12 +151,17 @@ def test_the_winners_table_says_which_way_its_dense_ratio_reads():
                 status="ok",
                 samples_ms=samples,
                 latency_ms_median=sorted(samples)[5],
+                peak_mem_bytes=mem,
             )
         )
     headers, table = tables.winners(normalise(pd.DataFrame(rows)).assign(group=0))
     ((row,),) = table.values()
     assert row[2] == "padded" and headers[-1] == "efficiency (flop/winner)"
     assert row[-1].value == pytest.approx(0.25, rel=1e-6)
+    headers, table = tables.versus_dense(normalise(pd.DataFrame(rows)).assign(group=0))
+    padded = dict(zip(headers, next(r for r in table[0] if r[2] == "padded")))
+    assert padded["speed-up (param/impl)"].value == pytest.approx(2.0, rel=1e-6)
+    assert padded["mem (impl/param)"].value == pytest.approx(0.5)
 
 
 def test_a_long_group_title_fits_inside_its_figure():
