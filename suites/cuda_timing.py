@@ -21,14 +21,24 @@ class L2Flush:
 
 def capture_graph(fn: Callable[[], object]) -> Callable[[], None]:
     """The CUDA work of a capture: three calls on a side stream (as torch.cuda.graphs asks), then the graph;
-    its replay runs on the current stream."""
+    its replay runs on the current stream.
+
+    A capture that fails (a host read inside `fn`) raises from `torch.cuda.graph`'s exit, whose `capture_end` comes
+    before it restores the caller's stream (torch 2.13): the caller's stream is set back here, or every later call,
+    flush and event of the worker would run on the capture's stream. The error raised is the body's own (the read
+    that broke the capture), not capture_end's that replaced it."""
+    caller = torch.cuda.current_stream()
     stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
+    stream.wait_stream(caller)
     with torch.cuda.stream(stream):
         for _ in range(3):
             fn()
-    torch.cuda.current_stream().wait_stream(stream)
+    caller.wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
+    try:
+        with torch.cuda.graph(graph):
+            fn()
+    except Exception as exc:
+        torch.cuda.set_stream(caller)
+        raise (exc.__context__ or exc) from None
     return graph.replay

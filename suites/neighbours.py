@@ -24,6 +24,7 @@ import torch
 
 from suites import spec
 from suites.plan import label
+from suites.runner import resolve_device
 from suites.suite_model import Point, Suite
 from suites.worker import Worker, WorkerSpec
 
@@ -146,7 +147,7 @@ def cmd_neighbours(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"moe-bench neighbours: {exc}", file=sys.stderr)
         return 2
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(None))
     worker = Worker(WorkerSpec(device, torch.get_num_threads(), suite.seed, suite.timing, suite.dtypes))
     points = len(suite.points)
     print(f"moe-bench neighbours: suite {suite.name} ({points} points, {args.tries} tries each) on {device}")

@@ -68,15 +68,22 @@ class RunSummary:
         self.timed_s += sum(row.get("samples_ms") or []) / 1e3
 
 
+def with_index(device: torch.device) -> torch.device:
+    """A CUDA device always with its index: the worker selects it with torch.cuda.set_device, which refuses a bare
+    "cuda". Bare "cuda" is device 0, the current device of a fresh process, found without starting CUDA here (the
+    runner leaves CUDA to its workers)."""
+    return torch.device("cuda", 0) if device.type == "cuda" and device.index is None else device
+
+
 def resolve_device(requested: str | None) -> torch.device:
     if requested in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return with_index(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {requested}: CUDA is not available to torch {torch.__version__}")
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"--device: expected cpu or cuda, got {requested!r}")
-    return device
+    return with_index(device)
 
 
 class Runner:
@@ -94,7 +101,7 @@ class Runner:
         progress: bool = True,
         isolate: bool = True,
     ) -> None:
-        self.suite, self.device, self.out_dir = suite, device, out_dir
+        self.suite, self.device, self.out_dir = suite, with_index(device), out_dir
         self.impls = list(suite.impls if impls is None else impls)
         self.baselines = list(suite.baselines if baselines is None else baselines)
         self.progress, self.isolate = progress, isolate

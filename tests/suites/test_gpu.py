@@ -129,3 +129,17 @@ def test_a_run_on_cuda_1_allocates_on_cuda_1_only(tmp_path):
 def _allocated_bytes(index: int) -> int:
     """Bytes the caching allocator has handed out on GPU `index` since the process began (never reset here)."""
     return torch.cuda.memory_stats(index).get("allocated_bytes.all.allocated", 0)
+
+
+def test_a_failed_capture_gives_back_the_callers_stream_and_names_its_cause():
+    """A host read inside the capture breaks it; the worker's stream afterwards is the one it had, and the error
+    says what broke the capture rather than capture_end's own failure."""
+    from suites.cuda_timing import capture_graph
+
+    x = torch.ones(8, device="cuda")
+    before = torch.cuda.current_stream()
+    with pytest.raises(RuntimeError) as raised:
+        capture_graph(lambda: (x * 2).sum().item())
+    torch.cuda.synchronize()
+    assert torch.cuda.current_stream() == before
+    assert "capture_end" not in str(raised.value) and str(raised.value)

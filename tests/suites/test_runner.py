@@ -14,7 +14,7 @@ from suites import spec
 from suites.cli import main
 from suites.environment import run_meta
 from suites.reference import error_and_tolerance, tolerance_for
-from suites.runner import Runner
+from suites.runner import Runner, resolve_device
 from suites.schema import RESULT_COLUMNS, SCHEMA_VERSION
 
 
@@ -187,3 +187,17 @@ def test_the_runner_and_the_expert_parallel_launcher_start_run_json_alike(tiny_s
     assert meta["suite_hash"] == suite.file_hash and meta["device"] == "cpu" and meta["device_name"]
     assert meta["finished"] is None and meta["peaks"] == {} and list(meta)[-1] == "peaks"
     assert run_meta(suite, torch.device("cpu"))["impls"] == list(suite.impls)
+
+
+@pytest.mark.parametrize("requested", [None, "auto", "cuda", "cuda:1"])
+def test_a_cuda_device_reaches_the_worker_with_its_index(monkeypatch, tmp_path, tiny_suite, requested):
+    """The worker selects its GPU with torch.cuda.set_device, which raises for a bare "cuda" ("Expected a
+    torch.device with a specified index"): the default device of a GPU machine crashed every worker at start-up.
+    CUDA is faked available (a CPU build cannot reach it); the index check is torch's own, the one set_device makes."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    device = resolve_device(requested)
+    assert device.type == "cuda" and torch._utils._get_device_index(device) == (1 if requested == "cuda:1" else 0)
+    runner = Runner(
+        spec.load(str(tiny_suite)), torch.device("cuda" if requested in (None, "auto") else requested), tmp_path
+    )  # as a script builds it
+    assert torch._utils._get_device_index(runner.device) == device.index

@@ -131,3 +131,57 @@ def test_every_timed_call_follows_its_own_rows_call_even_a_long_cold_one():
     assert [after_warm_up.count(name) for name in "ab"] == [2 * 3, 2 * 3], order
     blocks = [after_warm_up[i : i + 2] for i in range(0, len(after_warm_up), 2)]
     assert all(block[0] == block[1] for block in blocks), order
+
+
+class _FakeStreams:
+    """What capture_graph touches of torch.cuda, as CPU can reach it: a current stream that `stream(s)` swaps and
+    restores, and `graph(g)`, whose exit calls capture_end before it restores the stream, as torch 2.13's does.
+    The capture fails at capture_end when the body raised (torch invalidates a capture that read the host)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.current = "caller"
+        fake = self
+
+        class Stream:
+            def wait_stream(self, other) -> None: ...
+
+        class Swap:
+            def __init__(self, stream) -> None:
+                self.stream = stream
+
+            def __enter__(self):
+                self.saved, fake.current = fake.current, self.stream
+
+            def __exit__(self, *exc) -> None:
+                fake.current = self.saved
+
+        class Graph:
+            def __init__(self, graph) -> None:
+                self.swap = Swap("capture")
+
+            def __enter__(self):
+                self.swap.__enter__()
+
+            def __exit__(self, kind, value, tb) -> None:
+                if kind is not None:
+                    raise RuntimeError("CUDA error: operation failed due to a previous error during capture")
+                self.swap.__exit__(kind, value, tb)
+
+        monkeypatch.setattr(torch.cuda, "current_stream", Stream)
+        monkeypatch.setattr(torch.cuda, "Stream", Stream)
+        monkeypatch.setattr(torch.cuda, "stream", Swap)
+        monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: None)
+        monkeypatch.setattr(torch.cuda, "graph", Graph)
+        monkeypatch.setattr(torch.cuda, "set_stream", lambda s: setattr(fake, "current", "caller"))
+
+
+def test_a_failed_capture_restores_the_callers_stream_and_raises_what_broke_it(monkeypatch):
+    streams = _FakeStreams(monkeypatch)
+
+    def reads_the_host() -> None:
+        if streams.current == "capture":
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    with pytest.raises(RuntimeError, match="^operation not permitted when stream is capturing$"):
+        cuda_timing.capture_graph(reads_the_host)
+    assert streams.current == "caller"
