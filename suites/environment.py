@@ -43,8 +43,9 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def environment(device: torch.device, name: str | None = None) -> dict:
-    """Where the run happened; `name` is the device's as the worker saw it (so this process never opens CUDA)."""
+def environment(device: torch.device, name: str | None = None, nvml: dict | None = None) -> dict:
+    """Where the run happened; `name` and `nvml` are the device's as the worker saw them, so this process never
+    opens CUDA (NVML finds its GPU by torch's device properties, which start CUDA)."""
     return {
         "git_commit": git_commit(),
         "torch_version": torch.__version__,
@@ -54,7 +55,7 @@ def environment(device: torch.device, name: str | None = None) -> dict:
         "device": device.type,
         "device_name": name or device_name(device),
         "cpu_threads": torch.get_num_threads(),
-        "nvml": NVML(device).info(),
+        "nvml": nvml if nvml is not None else NVML(device).info(),
         "argv": sys.argv,
     }
 
@@ -65,6 +66,7 @@ def run_meta(
     impls: list[str] | None = None,
     baselines: list[str] | None = None,
     name: str | None = None,
+    nvml: dict | None = None,
     **extra: object,
 ) -> dict:
     """A new run's run.json: the suite, the rows asked for (the suite's unless given), the [timing] table, the
@@ -79,6 +81,6 @@ def run_meta(
         "timing": asdict(suite.timing),
         "started": now(),
         "finished": None,
-        **environment(device, name),
+        **environment(device, name, nvml),
         **extra,
     }

@@ -64,6 +64,7 @@ class PointRunner:
             "llc_bytes": self.llc_bytes,
             "llc_source": self.llc_source,
             "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,
+            "nvml": self.nvml.info(),
             "malloc_tunables": os.environ.get("GLIBC_TUNABLES"),
         }
 

@@ -165,6 +165,7 @@ class Runner:
             self.impls,
             self.baselines,
             worker_info["device_name"],
+            worker_info["nvml"],
             isolation="worker process" if self.isolate else "inline",
             **{key: worker_info[key] for key in WORKER_FACTS},
         )

@@ -201,3 +201,18 @@ def test_a_cuda_device_reaches_the_worker_with_its_index(monkeypatch, tmp_path, 
         spec.load(str(tiny_suite)), torch.device("cuda" if requested in (None, "auto") else requested), tmp_path
     )  # as a script builds it
     assert torch._utils._get_device_index(runner.device) == device.index
+
+
+def test_the_runner_leaves_nvml_and_cuda_to_its_worker(tiny_suite, tmp_path, monkeypatch):
+    """run.json's NVML facts come from the worker: NVML finds its GPU through torch.cuda.get_device_properties,
+    which would open a CUDA context in the runner (GPU memory the worker's points then lack). The runner's own
+    NVML is made to fail; the run's worker, a fresh process, has its own."""
+    from suites import environment
+
+    def no_nvml(device):
+        raise AssertionError("the runner opened NVML")
+
+    monkeypatch.setattr(environment, "NVML", no_nvml)
+    Runner(spec.load(str(tiny_suite)), torch.device("cpu"), tmp_path, ["loop"], [], progress=False).run()
+    meta = json.loads((tmp_path / "run.json").read_text())
+    assert meta["nvml"] == {"available": False, "reason": meta["nvml"]["reason"]} and meta["nvml"]["reason"]
