@@ -157,24 +157,27 @@ def cpu_verdict(window: Window, t: Thresholds) -> list[str]:
 # NVML clock-event reason bits that mean the GPU ran slower than asked for a cause outside the workload
 # (nvmlClocksEventReason*; idle, application and user-set clocks are not disturbances).
 THROTTLE_BITS = {
-    0x4: "sw power cap",
     0x8: "hw slowdown",
     0x10: "sync boost",
     0x20: "sw thermal slowdown",
     0x40: "hw thermal slowdown",
     0x80: "hw power brake",
 }
+# The software power cap lowers clocks while the board draws its power limit, which a long GEMM on an H100 does
+# by itself: the workload's own steady state, recorded in `gpu_throttle` but no disturbance. Counted as one, it
+# would flag every large point of a GPU suite and leave no verdict.
+POWER_CAP_BIT, POWER_CAP = 0x4, "sw power cap (the workload at the board's power limit)"
 
 
 def gpu_verdict(before: dict | None, after: dict | None) -> tuple[dict, list[str]]:
-    """Clock-state columns of a window and the reasons it is disturbed: any throttle bit set before or after."""
+    """Clock-state columns of a window and the reasons it is disturbed: any THROTTLE_BITS bit set before or after."""
     if before is None or after is None:
         return {"gpu_throttle": None, "sm_clock_fraction": None, "temperature_c": None, "power_w": None}, []
     bits = (before.get("reasons") or 0) | (after.get("reasons") or 0)
     seen = [name for bit, name in THROTTLE_BITS.items() if bits & bit]
     clock, top = after.get("sm_clock_mhz"), after.get("sm_clock_max_mhz")
     columns = {
-        "gpu_throttle": seen,
+        "gpu_throttle": ([POWER_CAP] if bits & POWER_CAP_BIT else []) + seen,
         "sm_clock_fraction": clock / top if clock and top else None,
         "temperature_c": after.get("temperature_c"),
         "power_w": after.get("power_w"),

@@ -15,6 +15,7 @@ from suites import spec
 from suites.runner import Runner, RunSummary
 from suites.schema import late_canary_reason, run_baseline_ms
 from suites.steadiness import (
+    POWER_CAP,
     THROTTLE_BITS,
     Thresholds,
     Window,
@@ -99,8 +100,17 @@ def test_gpu_throttle_bits_make_a_window_disturbed():
     assert reasons == [] and cols["sm_clock_fraction"] == 1.0
     hot = {"reasons": 0x40 | 0x4, "sm_clock_mhz": 990, "sm_clock_max_mhz": 1980}
     cols, reasons = gpu_verdict(idle, hot)
-    assert cols["gpu_throttle"] == [THROTTLE_BITS[0x4], THROTTLE_BITS[0x40]] and cols["sm_clock_fraction"] == 0.5
-    assert reasons == ["gpu throttled: sw power cap, hw thermal slowdown (NVML clock-event reasons)"]
+    assert cols["gpu_throttle"] == [POWER_CAP, THROTTLE_BITS[0x40]] and cols["sm_clock_fraction"] == 0.5
+    assert reasons == ["gpu throttled: hw thermal slowdown (NVML clock-event reasons)"]
+
+
+def test_the_workload_at_its_power_limit_is_recorded_but_no_disturbance():
+    """A long GEMM on an H100 holds the board at its power limit, and NVML says so (sw power cap): the GPU suite's
+    large points would all be flagged, and lose their verdicts, if that counted as another tenant's load."""
+    idle = {"reasons": 0x1, "sm_clock_mhz": 1980, "sm_clock_max_mhz": 1980}
+    capped = {"reasons": 0x4, "sm_clock_mhz": 1700, "sm_clock_max_mhz": 1980}
+    cols, reasons = gpu_verdict(idle, capped)
+    assert reasons == [] and cols["gpu_throttle"] == [POWER_CAP]
     assert gpu_verdict(None, None)[1] == []
 
 
