@@ -42,14 +42,22 @@ def _kernel_takes(dtype: torch.dtype, device_type: str, out_width: int, in_width
     return all(width * dtype.itemsize % 16 == 0 for width in (out_width, in_width))
 
 
+def grouped_mm_reads_offsets(device: torch.device) -> bool:
+    """Whether torch's grouped_mm on `device` copies `offs` to the host: on CUDA its fused kernel serves compute
+    capability 9.x and 10.x only (torch 2.13); elsewhere it loops over the groups with offs read back, a host
+    sync per call and no CUDA graph (pytorch/pytorch#186620, "no plan to add a non-sync variant on Ampere")."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] not in (9, 10)
+
+
 @register("sort_group")
 class SortGroupMoE(MoELayer):
     @property
     def capturable(self) -> bool:
-        """Both grouped GEMMs run in torch's kernel (the fallback splits on host-side counts) and routing is sync-free."""
+        """Both grouped GEMMs run in torch's fused kernel (its fallback and ours split on host-side counts) and
+        routing is sync-free."""
         w = self.experts
         kernel = grouped_mm_supported(w.w_in_EHD[0], w.w_in_EHD) and grouped_mm_supported(w.w_out_EDF[0], w.w_out_EDF)
-        return self.routing_capturable and kernel
+        return self.routing_capturable and kernel and not grouped_mm_reads_offsets(w.w_in_EHD.device)
 
     def dispatch(self, x_TD: torch.Tensor, routing: Assignments) -> tuple[torch.Tensor, SortedDispatch]:
         """x_ND, the assignments' rows gathered into contiguous per-expert segments."""

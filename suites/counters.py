@@ -45,6 +45,8 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from moe_impls.sort_group import grouped_mm_reads_offsets
+
 aten = torch.ops.aten
 
 # Ops that only make a tensor's metadata or reserve its memory: on a GPU they launch nothing. Views (t, view,
@@ -98,6 +100,13 @@ def _blocking_copy(args: tuple, kwargs: dict) -> bool:
     return not non_blocking and _crosses_device(args[1].device, args[0].device)
 
 
+def _grouped_mm_reads_offsets(args: tuple, kwargs: dict) -> bool:
+    """_grouped_mm(mat_a, mat_b, offs, ...) where torch's fused kernel does not serve the GPU: the fallback copies
+    offs to the host inside the op, below this dispatch mode (moe_impls/sort_group.py grouped_mm_reads_offsets)."""
+    offs = args[2] if len(args) > 2 else kwargs.get("offs")
+    return offs is not None and grouped_mm_reads_offsets(args[0].device)
+
+
 @dataclass(frozen=True)
 class SyncRule:
     why: str
@@ -127,6 +136,7 @@ HOST_SYNC_OPS: dict[torch._ops.OpOverloadPacket, SyncRule] = {
     aten.repeat_interleave: SyncRule(
         "tensor repeats without output_size: output length = repeats.sum(), read back", _repeats_without_size
     ),
+    aten._grouped_mm: SyncRule("grouped_mm off compute capability 9.x/10.x: offs read back", _grouped_mm_reads_offsets),
     aten._to_copy: SyncRule("t.to(device) / t.cpu() / t.cuda() across the boundary, blocking", _blocking_to_copy),
     aten.copy_: SyncRule("dst.copy_(src) across the host-device boundary, blocking", _blocking_copy),
 }

@@ -355,3 +355,23 @@ def test_a_decode_forward_dispatches_no_op_it_need_not():
         counted = count(lambda: layer(x))
     assert counted.aten_ops <= 21 and counted.host_syncs == 0, counted
     assert counted.launch_ops <= 15, counted  # the other six are views: t, two flattening views, two transposes, split
+
+
+@pytest.mark.parametrize(("capability", "reads"), [((8, 0), True), ((8, 9), True), ((9, 0), False), ((10, 0), False)])
+def test_grouped_mm_off_hopper_and_blackwell_counts_its_host_read(monkeypatch, capability, reads):
+    """torch's fused grouped GEMM serves compute capability 9.x and 10.x; on an A100 or an L4 the op loops over the
+    groups with offs copied to the host, inside the op where the dispatch mode cannot see it. The count says so,
+    and sort_group is then not captured in a CUDA graph. A GPU's capability is faked: CPU cannot reach one; the
+    count is checked against CUDA's own sync warnings on the GPU this runs on (test_host_syncs_equal_the_warnings_of_cuda_sync_debug_mode)."""
+    from moe_impls.sort_group import grouped_mm_reads_offsets
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    gpu = torch.device("cuda", 0)
+    assert grouped_mm_reads_offsets(gpu) is reads and not grouped_mm_reads_offsets(torch.device("cpu"))
+
+    class OnGpu:  # what the rule reads of mat_a
+        device = gpu
+
+    offs = torch.tensor([2, 4], dtype=torch.int32)
+    assert HOST_SYNC_OPS[torch.ops.aten._grouped_mm].when((OnGpu(), None, offs), {}) is reads
+    assert not HOST_SYNC_OPS[torch.ops.aten._grouped_mm].when((torch.ones(4, 8), None, offs), {})
