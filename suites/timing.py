@@ -188,7 +188,10 @@ def _maybe_capture(row: _RowState, cuda: bool, s: TimingSettings) -> None:
     if not (cuda and s.cuda_graph):
         return
     if not row.calls.graph_ok:
-        row.timing.note = "timed eagerly: not CUDA-graph capturable (train mode, or host reads in forward)"
+        row.timing.note = (
+            "timed eagerly: not CUDA-graph capturable (train mode, or host reads in forward, such as torch's grouped"
+            " GEMM off compute capability 9.x/10.x)"
+        )
         return
     try:
         row.copies = [cuda_timing.capture_graph(row.copies[0])]
