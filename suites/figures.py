@@ -3,6 +3,8 @@ same run (throughput, TFLOP/s, the roofline bound, memory, energy)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from analysis import flops
 from suites.checks import CheckedRow, PointInputs
 from suites.failures import ROW_FAILURES, one_line
@@ -53,10 +55,11 @@ def _memory_columns(row: CheckedRow, inputs: PointInputs) -> dict:
     }
 
 
-def energy_columns(row: CheckedRow, nvml: NVML, energy_ms: float, tokens: int) -> dict:
-    """Joules per call of the very call that was timed (with its reset), or why there is no figure; a failure
-    here is noted, never turned into the row's failure."""
-    energy_j, note = _joules_per_call(row, nvml, energy_ms)
+def energy_columns(row: CheckedRow, timing: RowTiming, nvml: NVML, energy_ms: float, tokens: int) -> dict:
+    """Joules per call of the very call that was timed (with its reset): the graph's replay where the timer
+    replayed one, not the eager call with its launch overhead; or why there is no figure. A failure here is noted,
+    never turned into the row's failure."""
+    energy_j, note = _joules_per_call(row, timing.replay, nvml, energy_ms)
     return {
         "energy_j": energy_j,
         "joules_per_token": energy_j / tokens if energy_j else None,
@@ -64,10 +67,12 @@ def energy_columns(row: CheckedRow, nvml: NVML, energy_ms: float, tokens: int) -
     }
 
 
-def _joules_per_call(row: CheckedRow, nvml: NVML, energy_ms: float) -> tuple[float | None, str | None]:
+def _joules_per_call(
+    row: CheckedRow, replay: Callable[[], object] | None, nvml: NVML, energy_ms: float
+) -> tuple[float | None, str | None]:
     if nvml.device.type != "cuda":
         return None, "no NVML on CPU"
-    call, reset = row.calls.calls[0], (row.calls.resets or [lambda: None])[0]
+    call, reset = replay or row.calls.calls[0], (row.calls.resets or [lambda: None])[0]
 
     def step() -> None:
         call()

@@ -177,7 +177,7 @@ class PointRunner:
                     yield {**row, "status": "wrong", "error": fresh[r.name]}
                     continue
                 row.update(row_figures(r, timing, inputs, self.peaks))
-                row.update(energy_columns(r, self.nvml, self.timing.energy_ms, inputs.point.tokens))
+                row.update(energy_columns(r, timing, self.nvml, self.timing.energy_ms, inputs.point.tokens))
                 row["earlier_samples_ms"] = r.earlier or None
                 if note:
                     row["timer_note"] = "; ".join(n for n in (timing.note, note) if n)

@@ -49,6 +49,7 @@ class RowTiming:
     note: str | None = None
     l2_flushed: bool = False  # every timed call followed an L2 flush (CUDA, cache = cold, l2_flush)
     error: BaseException | None = None  # raised by the row's call while it was being timed (no traceback kept)
+    replay: Callable[[], object] | None = None  # timer cuda_graph: the captured graph's replay, what was timed
 
     @property
     def stats(self) -> Stats:
@@ -195,6 +196,7 @@ def _maybe_capture(row: _RowState, cuda: bool, s: TimingSettings) -> None:
         return
     try:
         row.copies = [cuda_timing.capture_graph(row.copies[0])]
+        row.timing.replay = row.copies[0]
         row.timing.timer = "cuda_graph"
     except Exception as exc:  # e.g. a host sync inside the implementation makes it uncapturable
         torch.cuda.synchronize()

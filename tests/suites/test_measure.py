@@ -149,3 +149,32 @@ def test_nvml_finds_the_gpu_by_its_pci_address(monkeypatch):
     props = types.SimpleNamespace(pci_domain_id=0, pci_bus_id=0x19, pci_device_id=0)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: props)
     assert NVML(torch.device("cuda", 3)).handle == "by-pci" and asked == ["00000000:19:00.0"]
+
+
+def test_energy_of_a_graph_timed_row_is_measured_on_the_replay_that_was_timed():
+    """A row timed by replaying its CUDA graph has its joules measured on that replay, not on the eager call (with
+    the launch overhead and idle power its latency left out). NVML's loop is faked: CPU cannot reach a GPU's
+    counter; test_gpu.py measures it for real."""
+    from types import SimpleNamespace
+
+    from suites.figures import energy_columns
+    from suites.timing import RowTiming
+
+    ran: list[str] = []
+
+    class GpuNvml:
+        device = torch.device("cuda", 0)
+
+        def measure_energy(self, step, min_ms):
+            step()
+            return SimpleNamespace(joules_per_call=2.0, note=None)
+
+    row = SimpleNamespace(calls=SimpleNamespace(calls=[lambda: ran.append("eager")], resets=None))
+    graphed = RowTiming([1.0], "cuda_graph", replay=lambda: ran.append("replay"))
+    assert energy_columns(row, graphed, GpuNvml(), 100, 4) == {
+        "energy_j": 2.0,
+        "joules_per_token": 0.5,
+        "energy_note": None,
+    }
+    energy_columns(row, RowTiming([1.0], "cuda_event"), GpuNvml(), 100, 4)
+    assert ran == ["replay", "eager"]

@@ -76,6 +76,7 @@ def test_every_capture_precedes_every_warm_up_and_a_failed_capture_times_eagerly
         "cuda_graph unavailable, timed eagerly: RuntimeError: operation not permitted when stream is capturing"
     )
     assert all(t.error is None and len(t.samples_ms) >= 2 for t in timings.values())
+    assert [n for n, t in timings.items() if t.replay is not None] == ["graphed", "also_graphed"]  # energy runs it
 
 
 def test_no_capture_without_cuda_graph(cuda):
