@@ -1,6 +1,6 @@
 """Sort-and-group: order the assignments by expert, run grouped GEMMs over the contiguous segments.
 
-`grouped_mm` is the seam: `torch.nn.functional.grouped_mm` where the device and dtype allow it
+`grouped_mm` is the seam: `torch.nn.functional.grouped_mm` (or `torch._grouped_mm`) where the device and dtype allow it
 (CUDA: bf16; CPU: any float; rows aligned to 16 bytes), else a per-segment loop that computes the same.
 Legend: N assignments, D d_model, H first-projection width, E experts, I/O a matmul's input/output width.
 """
@@ -16,6 +16,9 @@ from moe_impls.dispatch import SortedDispatch, sort_by_expert
 from moe_impls.layer import MoELayer
 from moe_impls.registry import register
 from moe_impls.routing import Assignments
+
+# torch.nn.functional.grouped_mm is the public name of torch._grouped_mm (torch 2.8+), which older builds offer alone.
+_grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
 
 def grouped_mm_supported(x_NI: torch.Tensor, w_EOI: torch.Tensor) -> bool:
@@ -34,7 +37,7 @@ def grouped_mm_supported(x_NI: torch.Tensor, w_EOI: torch.Tensor) -> bool:
 
 @functools.cache
 def _kernel_takes(dtype: torch.dtype, device_type: str, out_width: int, in_width: int, compiling: bool) -> bool:
-    if not hasattr(F, "grouped_mm") or not dtype.is_floating_point or device_type not in ("cuda", "cpu"):
+    if _grouped_mm is None or not dtype.is_floating_point or device_type not in ("cuda", "cpu"):
         return False
     if (device_type == "cuda" or compiling) and dtype != torch.bfloat16:
         # CUDA's kernel takes bf16 only; torch's fake-tensor rule for grouped_mm too, though the CPU kernel takes more
@@ -73,7 +76,7 @@ class SortGroupMoE(MoELayer):
     def grouped_mm(self, x_NI: torch.Tensor, w_EOI: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:
         """Rows of segment e (ending at offsets_E[e]) times w_EOI[e].T -> [N, O]."""
         if grouped_mm_supported(x_NI, w_EOI):
-            return F.grouped_mm(x_NI, w_EOI.transpose(-2, -1), offs=offsets_E)
+            return _grouped_mm(x_NI, w_EOI.transpose(-2, -1), offs=offsets_E)
         counts = torch.diff(offsets_E, prepend=offsets_E.new_zeros(1)).tolist()
         segments = torch.split(x_NI, counts)
         return torch.cat([seg @ w_EOI[e].t() for e, seg in enumerate(segments)])
