@@ -85,36 +85,40 @@ def test_render_raises_one_line_on_bad_input(tmp_path):
         render_report(tmp_path / "missing")
 
 
+def _timed_row(impl: str, scale_ms: float, **columns) -> dict:
+    """An ok forward row of one small point, ten samples around `scale_ms`; `columns` add to or override it."""
+    samples = [scale_ms * (1 + 0.01 * i) for i in range(10)]
+    row = dict(
+        point_id="p",
+        impl=impl,
+        family="moe",
+        tokens=64,
+        d_model=8,
+        d_ff=8,
+        num_experts=4,
+        top_k=2,
+        activation="swiglu",
+        dtype="float32",
+        mode="forward",
+        routing="softmax_topk",
+        status="ok",
+        samples_ms=samples,
+        latency_ms_median=sorted(samples)[5],
+    )
+    return row | columns
+
+
 @pytest.mark.parametrize("compiled", [False, True])
 def test_versus_peers_table_compares_our_best_with_the_best_transformers_row(compiled):
     """Our fastest row against transformers' fastest; a compiled winner is named with what compiling it cost."""
     from reports import tables
     from reports.load import normalise
 
-    rows = []
     ours = [("sort_group+compile", 1.0), ("sort_group", 1.1)] if compiled else [("sort_group", 1.0)]
-    for impl, scale in [*ours, ("loop", 1.5), ("hf_grouped_mm", 1.25), ("hf_eager", 2.0)]:
-        samples = [scale * (1 + 0.01 * i) for i in range(10)]
-        rows.append(
-            dict(
-                point_id="p",
-                impl=impl,
-                family="moe",
-                tokens=64,
-                d_model=8,
-                d_ff=8,
-                num_experts=4,
-                top_k=2,
-                activation="swiglu",
-                dtype="float32",
-                mode="forward",
-                routing="softmax_topk",
-                status="ok",
-                samples_ms=samples,
-                latency_ms_median=sorted(samples)[5],
-                compile_s=41.7 if impl.endswith("+compile") else None,
-            )
-        )
+    rows = [
+        _timed_row(impl, scale, compile_s=41.7 if impl.endswith("+compile") else None)
+        for impl, scale in [*ours, ("loop", 1.5), ("hf_grouped_mm", 1.25), ("hf_eager", 2.0)]
+    ]
     headers, table = tables.versus_peers(normalise(pd.DataFrame(rows)).assign(group=0))
     ((row,),) = table.values()
     assert row[2] == ("sort_group+compile (compiled in 41.7 s)" if compiled else "sort_group")
@@ -130,30 +134,11 @@ def test_the_dense_ratios_say_which_way_they_read():
     from reports import tables
     from reports.load import normalise
 
-    rows = []
     runs = [("padded", "moe", 4.0, 2e6), ("loop", "moe", 5.0, 3e6), ("flop_matched", "dense", 1.0, 1e6)]
-    for impl, family, ms, mem in [*runs, ("param_matched", "dense", 8.0, 4e6)]:
-        samples = [ms * (1 + 0.01 * i) for i in range(10)]
-        rows.append(
-            dict(
-                point_id="p" if family == "moe" else "d",
-                impl=impl,
-                family=family,
-                tokens=64,
-                d_model=8,
-                d_ff=8,
-                num_experts=4,
-                top_k=2,
-                activation="swiglu",
-                dtype="float32",
-                mode="forward",
-                routing="softmax_topk",
-                status="ok",
-                samples_ms=samples,
-                latency_ms_median=sorted(samples)[5],
-                peak_mem_bytes=mem,
-            )
-        )
+    rows = [
+        _timed_row(impl, ms, point_id="p" if family == "moe" else "d", family=family, peak_mem_bytes=mem)
+        for impl, family, ms, mem in [*runs, ("param_matched", "dense", 8.0, 4e6)]
+    ]
     headers, table = tables.winners(normalise(pd.DataFrame(rows)).assign(group=0))
     ((row,),) = table.values()
     assert row[2] == "padded" and headers[-1] == "efficiency (flop/winner)"
