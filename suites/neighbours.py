@@ -7,9 +7,8 @@ odd tries run the rows alone first, in reverse, so that drift of the machine dur
 A cell is the median over tries of the row's median with its neighbours over its median alone; each cell outside
 the tolerance is listed with its tries, so a spread wider than the tolerance shows as such. Each point also says how
 many of its timings the runner flagged as taken on a disturbed machine (suites/steadiness.py): a miss there measures
-the host, not the protocol. A point's line is
-printed as soon as it is measured. Exit 0 when every cell is within `--within` of 1, 1 when one is not (or a row
-was not measured), 2 for bad arguments.
+the host, not the protocol. A point's line is printed as soon as it is measured. Exit 0 when every cell is within
+`--within` of 1, 1 when one is not (or a row was not measured), 2 for bad arguments.
 """
 
 from __future__ import annotations
