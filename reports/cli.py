@@ -34,6 +34,13 @@ COMPARE_OPTIONS: dict[str, dict] = {
     },
     "--alpha": {"default": "0.01", "help": "significance level of the test, in (0, 1) (default 0.01)"},
     "--seed": {"default": "0", "help": "seed of the bootstrap resampling, >= 0 (default 0)"},
+    "--confirm": {
+        "default": None,
+        "metavar": "RUN_DIR",
+        "help": "a second run of the code under test: a row slower in NEW stays slower only when it is slower against "
+        "BASE in RUN_DIR too, else it is 'ambiguous' with RUN_DIR's change (a regression reproduces, a noisy "
+        "neighbour rarely slows the same row twice)",
+    },
     "--strict": {
         "action": "store_true",
         "help": "exit 1 when a point was timed on a disturbed machine in BASE or NEW; without it such a point is "
@@ -98,6 +105,7 @@ def run_compare(args: argparse.Namespace) -> int:
             comparison = compare_runs(
                 args.base_dir,
                 args.new_dir,
+                args.confirm,
                 threshold=threshold,
                 metric=args.metric,
                 alpha=alpha,

@@ -10,14 +10,16 @@ unless `reference` names another row, e.g. transformers' hf_grouped_mm) at the s
 uniformly faster or slower machine cancels out; test: bootstrap (resampling within each run) of the change.
 
 A point timed on a disturbed machine in BASE or NEW is `ambiguous`, with the reason, whatever its numbers say
-(exit 1 under --strict). A row of BASE that NEW lacks fails: a lost point is no pass. Rows only in NEW are
+(exit 1 under --strict). With `confirm`, a second run of the code under test, a `slower` row stays slower only
+when it is slower against BASE in that run too: a regression reproduces, a neighbour on a shared host that slowed
+one row of one run does not. A row of BASE that NEW lacks fails: a lost point is no pass. Rows only in NEW are
 listed. Every test runs batched over the rows of equal sample counts, so 200k rows are judged in seconds.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
@@ -103,21 +105,38 @@ class Comparison:
         return comparison_markdown(self)
 
 
-def compare_runs(base_dir, new_dir, **options) -> Comparison:
-    """Both runs read and judged; `options` are compare_frames' (threshold, metric, alpha, n_boot, seed, strict,
-    reference, only)."""
+def compare_runs(base_dir, new_dir, confirm_dir=None, **options) -> Comparison:
+    """Both runs read and judged, each slower row then checked against `confirm_dir` when given; `options` are
+    compare_frames' (threshold, metric, alpha, n_boot, seed, strict, reference, only)."""
     try:
         (base_meta, base), (new_meta, new) = _load_both(Path(base_dir), Path(new_dir))
+        again = load_run(Path(confirm_dir), COLUMNS)[1] if confirm_dir is not None else None
     except ValueError as exc:
         raise CompareInputError(str(exc)) from None
     with paused_gc():
         comparison = compare_frames(base, new, **options)
+        if again is not None and comparison.count("slower"):
+            confirmed(comparison, compare_frames(base, again, **options))
     devices = [m.get("device_name") or m.get("device") for m in (base_meta, new_meta)]
     if comparison.metric == "latency" and devices[0] != devices[1]:
         comparison.notes.append(
             f"BASE ran on {devices[0]}, NEW on {devices[1]}: latencies across machines differ; use --metric ratio."
         )
     return comparison
+
+
+def confirmed(comparison: Comparison, again: Comparison) -> None:
+    """Each slower row of `comparison` that `again` (BASE against a second run of the same code) does not also
+    find slower becomes ambiguous, with that run's change; a row `again` lacks is not confirmed either."""
+    seen = {(p.point, p.impl): p for p in again.points}
+    for i, p in enumerate(comparison.points):
+        other = seen.get((p.point, p.impl))
+        if p.verdict == "slower" and (other is None or other.verdict != "slower"):
+            why = f"{other.change:.3f}x, {other.verdict}" if other else "not compared there"
+            comparison.points[i] = replace(p, verdict="ambiguous", note=f"not reproduced in the confirming run: {why}")
+    comparison.notes.append(
+        f"slower rows were re-judged against a confirming run: {again.count('slower')} slower there"
+    )
 
 
 def _load_both(base_dir: Path, new_dir: Path) -> tuple[tuple[dict, pd.DataFrame], tuple[dict, pd.DataFrame]]:

@@ -82,6 +82,36 @@ def test_ratio_against_a_named_reference_divides_by_that_row(tmp_path, capsys):
     assert "--reference hf_grouped_mm: NEW has no hf_grouped_mm rows" in capsys.readouterr().err
 
 
+def test_a_slowdown_the_confirming_run_does_not_repeat_does_not_fail(tmp_path, capsys):
+    """--confirm: sort_group slowed 30% in NEW fails only when the second run of the same code slows it too; a
+    row slowed in the confirming run alone is not judged there, and a missing confirming run is one line."""
+    base = synth.make_rows(seed=1, noise_seed=1, **SMALL)
+    slow = synth.scaled(synth.make_rows(seed=1, noise_seed=2, **SMALL), 1.3, impls=("sort_group",))
+    steady = synth.scaled(synth.make_rows(seed=1, noise_seed=3, **SMALL), 1.3, impls=("padded",))
+    again = synth.scaled(synth.make_rows(seed=1, noise_seed=4, **SMALL), 1.3, impls=("sort_group",))
+    for name, rows in {"base": base, "new": slow, "steady": steady, "again": again}.items():
+        synth.write_run(tmp_path / name, rows)
+    args = ["compare", str(tmp_path / "base"), str(tmp_path / "new"), "--metric", "ratio", "--threshold", "15%"]
+
+    assert main([*args, "--confirm", str(tmp_path / "steady")]) == 0
+    out = capsys.readouterr().out
+    assert "**slower**" not in out and "**PASS**" in out
+    unconfirmed = [line for line in out.splitlines() if "not reproduced in the confirming run" in line]
+    assert unconfirmed and all("| sort_group |" in line for line in unconfirmed)
+    padded = [line for line in out.splitlines() if "| padded |" in line]
+    assert padded and all(line.endswith("| same |") for line in padded), "judged in NEW, where it is not slower"
+
+    assert main([*args, "--confirm", str(tmp_path / "again")]) == 1
+    out = capsys.readouterr().out
+    slower = [line for line in out.splitlines() if "**slower**" in line]
+    assert slower and all("| sort_group |" in line for line in slower)
+    assert main([*args]) == 1, "without --confirm the first run's slowdown fails"
+    capsys.readouterr()
+    assert main([*args, "--confirm", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no such directory" in err and "\n" not in err
+
+
 def test_newly_failing_point_fails_ci():
     base = synth.make_rows(**SMALL)
     new = synth.make_rows(noise_seed=5, **SMALL)
