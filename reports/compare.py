@@ -10,9 +10,10 @@ unless `reference` names another row, e.g. transformers' hf_grouped_mm) at the s
 uniformly faster or slower machine cancels out; test: bootstrap (resampling within each run) of the change.
 
 A point timed on a disturbed machine in BASE or NEW is `ambiguous`, with the reason, whatever its numbers say
-(exit 1 under --strict). With `confirm`, a second run of the code under test, a `slower` row stays slower only
-when it is slower against BASE in that run too: a regression reproduces, a neighbour on a shared host that slowed
-one row of one run does not. A row of BASE that NEW lacks fails: a lost point is no pass. Rows only in NEW are
+(exit 1 under --strict). With `confirm`, a second run of the code under test, the verdict is the two runs'
+agreement: a row is `slower` when its numbers say slower against BASE in both runs, disturbed or not (a regression
+reproduces; a neighbour on a shared host rarely slows the same row against its reference twice), and a slower row
+that the second run does not repeat is `ambiguous`. A row of BASE that NEW lacks fails: a lost point is no pass. Rows only in NEW are
 listed. Every test runs batched over the rows of equal sample counts, so 200k rows are judged in seconds.
 """
 
@@ -61,6 +62,7 @@ class PointVerdict:
     verdict: str
     note: str = ""
     disturbed: bool = False
+    measured: str = ""  # what the numbers alone say (a disturbed point's verdict is ambiguous whatever they say)
 
 
 @dataclass
@@ -115,7 +117,7 @@ def compare_runs(base_dir, new_dir, confirm_dir=None, **options) -> Comparison:
         raise CompareInputError(str(exc)) from None
     with paused_gc():
         comparison = compare_frames(base, new, **options)
-        if again is not None and comparison.count("slower"):
+        if again is not None:
             confirmed(comparison, compare_frames(base, again, **options))
     devices = [m.get("device_name") or m.get("device") for m in (base_meta, new_meta)]
     if comparison.metric == "latency" and devices[0] != devices[1]:
@@ -126,17 +128,22 @@ def compare_runs(base_dir, new_dir, confirm_dir=None, **options) -> Comparison:
 
 
 def confirmed(comparison: Comparison, again: Comparison) -> None:
-    """Each slower row of `comparison` that `again` (BASE against a second run of the same code) does not also
-    find slower becomes ambiguous, with that run's change; a row `again` lacks is not confirmed either."""
+    """Each row of `comparison` whose numbers say slower is `slower` when `again` (BASE against a second run of the
+    same code) says so too, even where the canary flagged either run, else `ambiguous` with that run's change."""
     seen = {(p.point, p.impl): p for p in again.points}
     for i, p in enumerate(comparison.points):
+        if p.measured != "slower":
+            continue
         other = seen.get((p.point, p.impl))
-        if p.verdict == "slower" and (other is None or other.verdict != "slower"):
-            why = f"{other.change:.3f}x, {other.verdict}" if other else "not compared there"
-            comparison.points[i] = replace(p, verdict="ambiguous", note=f"not reproduced in the confirming run: {why}")
-    comparison.notes.append(
-        f"slower rows were re-judged against a confirming run: {again.count('slower')} slower there"
-    )
+        if other is not None and other.measured == "slower":
+            note = "; ".join(n for n in (p.note, f"slower in the confirming run too: {other.change:.3f}x") if n)
+            comparison.points[i] = replace(p, verdict="slower", note=note)
+        else:
+            why = f"{other.change:.3f}x, {other.measured}" if other else "not compared there"
+            note = "; ".join(n for n in (p.note, f"not reproduced in the confirming run: {why}") if n)
+            comparison.points[i] = replace(p, verdict="ambiguous", note=note)
+    slower_there = sum(p.measured == "slower" for p in again.points)
+    comparison.notes.append(f"judged with a confirming run of the same code, where {slower_there} rows measured slower")
 
 
 def _load_both(base_dir: Path, new_dir: Path) -> tuple[tuple[dict, pd.DataFrame], tuple[dict, pd.DataFrame]]:
@@ -234,13 +241,16 @@ def compare_frames(
     ]
     for i, (label, impl) in enumerate(zip(n_labels[n.index], n["impl"])):
         change = new_value[i] / base_value[i]
+        measured = result.verdict(change, ci[i], p[i]) if tested[i] else "ambiguous"
         if why[i]:
             verdict, note = "ambiguous", why[i]
         elif not tested[i]:
             verdict, note = "ambiguous", f"fewer than {MIN_SAMPLES} samples"
         else:
-            verdict, note = result.verdict(change, ci[i], p[i]), ""
-        point = PointVerdict(label, impl, base_value[i], new_value[i], change, ci[i], p[i], verdict, note, bool(why[i]))
+            verdict, note = measured, ""
+        point = PointVerdict(
+            label, impl, base_value[i], new_value[i], change, ci[i], p[i], verdict, note, bool(why[i]), measured
+        )
         result.points.append(point)
     if not result.points and not result.broken:
         raise CompareInputError("expected at least one point that succeeded in both BASE and NEW, found none")

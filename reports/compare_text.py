@@ -41,9 +41,10 @@ def comparison_markdown(c: Comparison) -> str:
     lines += [f"\nNote: {n}" for n in c.notes]
     counts = ", ".join(f"{c.count(v)} {v}" for v in VERDICTS)
     status = "FAIL" if c.exit_code else "PASS"
-    disturbed = f" ({c.disturbed} of them disturbed, no verdict{'; --strict fails them' * c.strict})"
+    unjudged = sum(p.disturbed and p.verdict == "ambiguous" for p in c.points)
+    disturbed = f" ({unjudged} of them disturbed, no verdict{'; --strict fails them' * c.strict})"
     lines.append(
-        f"\n**{status}**: {len(c.points)} compared: {counts}{disturbed * bool(c.disturbed)}; "
+        f"\n**{status}**: {len(c.points)} compared: {counts}{disturbed * bool(unjudged)}; "
         f"{len(c.broken)} newly failing; {len(c.only_base)} missing from NEW; {len(c.only_new)} only in NEW."
     )
     return "\n".join(lines) + "\n"

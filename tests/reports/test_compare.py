@@ -83,8 +83,9 @@ def test_ratio_against_a_named_reference_divides_by_that_row(tmp_path, capsys):
 
 
 def test_a_slowdown_the_confirming_run_does_not_repeat_does_not_fail(tmp_path, capsys):
-    """--confirm: sort_group slowed 30% in NEW fails only when the second run of the same code slows it too; a
-    row slowed in the confirming run alone is not judged there, and a missing confirming run is one line."""
+    """--confirm: sort_group slowed 30% in NEW fails only when the second run of the same code slows it too, even
+    where the canary flagged both runs; a row slowed in the confirming run alone is not judged there, and a missing
+    confirming run is one line."""
     base = synth.make_rows(seed=1, noise_seed=1, **SMALL)
     slow = synth.scaled(synth.make_rows(seed=1, noise_seed=2, **SMALL), 1.3, impls=("sort_group",))
     steady = synth.scaled(synth.make_rows(seed=1, noise_seed=3, **SMALL), 1.3, impls=("padded",))
@@ -107,9 +108,26 @@ def test_a_slowdown_the_confirming_run_does_not_repeat_does_not_fail(tmp_path, c
     assert slower and all("| sort_group |" in line for line in slower)
     assert main([*args]) == 1, "without --confirm the first run's slowdown fails"
     capsys.readouterr()
+    for name, rows in {"slow_disturbed": slow, "again_disturbed": again}.items():
+        synth.write_run(tmp_path / name, _disturbed(rows))
+    disturbed = ["compare", str(tmp_path / "base"), str(tmp_path / "slow_disturbed"), *args[3:]]
+    assert main(disturbed) == 0, "a disturbed run alone gives no verdict"
+    assert "**slower**" not in capsys.readouterr().out
+    assert main([*disturbed, "--confirm", str(tmp_path / "again_disturbed")]) == 1
+    out = capsys.readouterr().out
+    slower = [line for line in out.splitlines() if "**slower**" in line]
+    assert slower and all("| sort_group |" in line and "slower in the confirming run too" in line for line in slower)
+    assert all("disturbed in NEW: cpu pressure" in line for line in slower), "the disturbance is still named"
+    assert main([*disturbed, "--confirm", str(tmp_path / "steady")]) == 0
+
     assert main([*args, "--confirm", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err.strip()
     assert "no such directory" in err and "\n" not in err
+
+
+def _disturbed(rows: list[dict]) -> list[dict]:
+    """`rows` with every point timed on a disturbed machine, as the runner's canary marks one."""
+    return [{**r, "disturbed": True, "disturbance": ["cpu pressure: 180 ms stalled > 50 ms"]} for r in rows]
 
 
 def test_newly_failing_point_fails_ci():
