@@ -37,9 +37,9 @@ COMPARE_OPTIONS: dict[str, dict] = {
     "--confirm": {
         "default": None,
         "metavar": "RUN_DIR",
-        "help": "a second run of the code under test: a row slower in NEW stays slower only when it is slower against "
-        "BASE in RUN_DIR too, else it is 'ambiguous' with RUN_DIR's change (a regression reproduces, a noisy "
-        "neighbour rarely slows the same row twice)",
+        "help": "a second run of the code under test: a row is slower only when NEW and RUN_DIR both measure it slower "
+        "against BASE, even where the canary flagged a run; a slowdown in NEW alone is 'ambiguous' with RUN_DIR's "
+        "change (a regression reproduces, a noisy neighbour rarely slows the same row twice)",
     },
     "--strict": {
         "action": "store_true",

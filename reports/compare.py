@@ -13,8 +13,8 @@ A point timed on a disturbed machine in BASE or NEW is `ambiguous`, with the rea
 (exit 1 under --strict). With `confirm`, a second run of the code under test, the verdict is the two runs'
 agreement: a row is `slower` when its numbers say slower against BASE in both runs, disturbed or not (a regression
 reproduces; a neighbour on a shared host rarely slows the same row against its reference twice), and a slower row
-that the second run does not repeat is `ambiguous`. A row of BASE that NEW lacks fails: a lost point is no pass. Rows only in NEW are
-listed. Every test runs batched over the rows of equal sample counts, so 200k rows are judged in seconds.
+that the second run does not repeat is `ambiguous`. A row of BASE that NEW lacks fails: a lost point is no pass.
+Rows only in NEW are listed. Every test runs batched over the rows of equal sample counts, so 200k rows are judged in seconds.
 """
 
 from __future__ import annotations
@@ -108,8 +108,8 @@ class Comparison:
 
 
 def compare_runs(base_dir, new_dir, confirm_dir=None, **options) -> Comparison:
-    """Both runs read and judged, each slower row then checked against `confirm_dir` when given; `options` are
-    compare_frames' (threshold, metric, alpha, n_boot, seed, strict, reference, only)."""
+    """Both runs read and judged, by their agreement with `confirm_dir` where given (see `confirmed`); `options`
+    are compare_frames' (threshold, metric, alpha, n_boot, seed, strict, reference, only)."""
     try:
         (base_meta, base), (new_meta, new) = _load_both(Path(base_dir), Path(new_dir))
         again = load_run(Path(confirm_dir), COLUMNS)[1] if confirm_dir is not None else None
@@ -136,12 +136,11 @@ def confirmed(comparison: Comparison, again: Comparison) -> None:
             continue
         other = seen.get((p.point, p.impl))
         if other is not None and other.measured == "slower":
-            note = "; ".join(n for n in (p.note, f"slower in the confirming run too: {other.change:.3f}x") if n)
-            comparison.points[i] = replace(p, verdict="slower", note=note)
+            verdict, why = "slower", f"slower in the confirming run too: {other.change:.3f}x"
         else:
-            why = f"{other.change:.3f}x, {other.measured}" if other else "not compared there"
-            note = "; ".join(n for n in (p.note, f"not reproduced in the confirming run: {why}") if n)
-            comparison.points[i] = replace(p, verdict="ambiguous", note=note)
+            there = f"{other.change:.3f}x, {other.measured}" if other else "not compared there"
+            verdict, why = "ambiguous", f"not reproduced in the confirming run: {there}"
+        comparison.points[i] = replace(p, verdict=verdict, note="; ".join(n for n in (p.note, why) if n))
     slower_there = sum(p.measured == "slower" for p in again.points)
     comparison.notes.append(f"judged with a confirming run of the same code, where {slower_there} rows measured slower")
 
