@@ -101,7 +101,9 @@ RESULT_COLUMNS: dict[str, str] = {
     # cache state (suites/timing.py, suites/cache.py)
     "cache": "'cold' (every call's weights and input out of cache) or 'warm' (calls back to back on one copy)",
     "cache_copies": "copies of the row's weights and input the calls rotated over (CPU, cold); 1 otherwise",
-    "cache_note": "why the row is not fully in the cache state asked for (too many copies needed, compiled row)",
+    "cache_read_mb": "MB of an eviction buffer read before each call, outside the timed region (CPU, cold), where "
+    "the copies that fit in cold_max_mb and 64 do not span 2 x the LLC by themselves; 0 otherwise",
+    "cache_note": "why the row is not fully in the cache state asked for (a compiled row is timed on one copy)",
     "timer_note": "how the timing differs from the protocol (eager instead of a CUDA graph; timed alone after a "
     "worker was lost while the point's rows were timed together)",
     "reference": "implementation whose output this row was checked against (dense_all, or loop for large points)",

@@ -12,6 +12,8 @@ its neighbour left. The cache state of the timed calls is a setting, `cache`:
   does. On CUDA a buffer twice the L2 size is zeroed before each call. On CPU a flush as large as the
   last-level cache would cost more than the call, so the row rotates over copies of its weights and input
   (the runner builds them, `RowCalls.calls`); rows that share copies share one rotation (`RowCalls.pool`).
+  Where the copies that fit do not span the cache, each call is preceded by a read that does
+  (`RowCalls.before`, suites/cache.py).
 - warm: every call of a block runs on the same weights, back to back, as `torch.utils.benchmark`'s
   `blocked_autorange` does: the data stays in cache as far as it fits.
 
@@ -65,6 +67,8 @@ class RowCalls:
         no row's gradients stay resident while its neighbours run).
     pool: rows whose calls run on the same copies share one rotation, so the copy a row gets is one that no
         row touched for the longest time.
+    before: run before each call, outside the timed region, after the L2 flush where there is one (cold CPU:
+        the eviction read that makes up for copies that did not fit).
     watch: a row that measures the machine, not the implementations (see suites/steadiness.py): one timed call
         a round, after its re-entry call.
     """
@@ -73,6 +77,7 @@ class RowCalls:
     resets: Sequence[Callable[[], None]] | None = None
     pool: str = ""
     graph_ok: bool = True
+    before: Callable[[], None] | None = None
     watch: bool = False  # the canary: samples for as long as any other row does, and ends with the last of them
 
 
@@ -205,9 +210,11 @@ def _maybe_capture(row: _RowState, cuda: bool, s: TimingSettings) -> None:
 
 
 def _ready_copy(row: _RowState, flush: L2Flush | None) -> int:
-    """The copy the row's next call runs on, with L2 flushed first where the cache state asks for it."""
+    """The copy the row's next call runs on, with L2 flushed and the row's eviction read done first where the
+    cache state asks for them."""
     copy = row.next_copy()
     flush and flush()
+    row.calls.before and row.calls.before()
     return copy
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
-from suites.cache import plan_copies
+from suites.cache import ColdPlan, plan_copies
 from suites.checks import CheckedRow
 from suites.copies import CopyBudget
 from suites.nvml import NVML
@@ -32,14 +33,14 @@ class WatchedTimer:
     def __init__(self, budget: CopyBudget, nvml: NVML, peaks: dict, baseline_ms: float | None) -> None:
         self.budget, self.nvml = budget, nvml
         self.thresholds = Thresholds.of(budget.timing)
-        self.canary = canary_calls(budget, peaks)
+        self.canary = canary_row(budget, peaks)
         self.baseline_ms = baseline_ms if baseline_ms is not None else self._canary_alone()
 
     def time(self, pending: list[CheckedRow]) -> tuple[dict[str, RowTiming], dict]:
         """Every row's timing, and the steadiness columns of the try that was kept."""
         s = self.budget.timing
         rows = {r.name: r.calls for r in pending}
-        rows[CANARY] = RowCalls(self.canary, pool=CANARY, watch=True)
+        rows[CANARY] = replace(self.canary, watch=True)
         timed_from = time.time()
         for attempt in range(s.retimes + 1):
             gpu_before = self.nvml.clock_state()
@@ -74,23 +75,23 @@ class WatchedTimer:
     def _canary_alone(self) -> float:
         medians = []
         for _ in range(BASELINE_WINDOWS):
-            timing = time_rows({CANARY: RowCalls(self.canary, pool=CANARY)}, self.budget.device, self.budget.timing)
+            timing = time_rows({CANARY: self.canary}, self.budget.device, self.budget.timing)
             if timing[CANARY].error is not None:
                 raise timing[CANARY].error
             medians.append(timing[CANARY].stats.median)
         return min(medians)
 
 
-def canary_calls(budget: CopyBudget, peaks: dict) -> list[Callable[[], object]]:
+def canary_row(budget: CopyBudget, peaks: dict) -> RowCalls:
     """A square fp32 matmul sized from the measured fp32 peak to take about CANARY_MS (the peak is a best
-    sample, so a busy start-up does not shrink it), with copies spanning 2 x the LLC in cold CPU mode so that
-    it sees the same cache state as the rows beside it."""
+    sample, so a busy start-up does not shrink it), cold in cold CPU mode (copies and eviction reads spanning
+    2 x the LLC) so that it sees the same cache state as the rows beside it."""
     flops = peaks["matmul_tflops"]["float32"] * 1e12 * CANARY_MS * 1e-3
     n = max(64, min(16384, round((flops / 2) ** (1 / 3) / 64) * 64))
     a = torch.randn(n, n, device=budget.device)
-    plan = plan_copies(2 * a.numel() * 4, budget.llc_bytes, budget.max_bytes // 8)
-    count = plan.copies if budget.cold_cpu else 1
-    return [_mm(a, a.clone())] + [_mm(a.clone(), a.clone()) for _ in range(count - 1)]
+    plan = plan_copies(2 * a.numel() * 4, budget.llc_bytes, budget.max_bytes // 8) if budget.cold_cpu else ColdPlan(1)
+    calls = [_mm(a, a.clone())] + [_mm(a.clone(), a.clone()) for _ in range(plan.copies - 1)]
+    return RowCalls(calls, pool=CANARY, before=budget.eviction.reader(plan.read_bytes))
 
 
 def _mm(a: torch.Tensor, b: torch.Tensor) -> Callable[[], object]:

@@ -13,7 +13,7 @@ import torch.utils.benchmark as tb
 
 import moe_impls
 from moe_impls import MoEWeights
-from suites.cache import ColdPlan, _parse_size, last_level_cache_bytes, plan_copies
+from suites.cache import MAX_COPIES, ColdPlan, Eviction, _parse_size, last_level_cache_bytes, plan_copies
 from suites.suite_model import Point
 from suites.timing import RowCalls, time_rows
 from suites.timing_settings import TimingSettings
@@ -114,16 +114,32 @@ def test_warm_timing_agrees_with_torch_utils_benchmark_beside_an_idle_neighbour(
     )
 
 
-def test_copies_span_twice_the_last_level_cache_within_the_budget():
+def test_copies_and_reads_span_twice_the_last_level_cache_within_the_budget():
     llc = 32 * 2**20
     plan = plan_copies(12 * 2**20, llc, 1 << 30)
-    assert plan == ColdPlan(7, None) and (plan.copies - 1) * 12 * 2**20 >= 2 * llc
-    assert plan_copies(100 * 2**20, llc, 1 << 30) == ColdPlan(1, None), "larger than 2 x LLC: cold by itself"
-    tight = plan_copies(12 * 2**20, llc, 30 * 2**20)
-    assert tight.copies == 3 and "partly cold: 3 of the 7 copies" in tight.note
+    assert plan == ColdPlan(7) and (plan.copies - 1) * 12 * 2**20 >= 2 * llc
+    assert plan_copies(100 * 2**20, llc, 1 << 30) == ColdPlan(1), "larger than 2 x LLC: cold by itself"
+    assert plan_copies(12 * 2**20, llc, 30 * 2**20) == ColdPlan(3, 20 * 2**20), "2 x (12 + 20) MiB = 2 x LLC"
+    assert plan_copies(12 * 2**20, llc, 0) == ColdPlan(1, 2 * llc), "no copy fits: a whole flush per call"
+    # A 480 MiB LLC (seen on a CI machine): 64 copies of a 3 MiB FFN cannot span it; the reads make up the rest.
+    for llc in (32 * 2**20, 480 * 2**20):
+        for ws in (2**10, 3 * 2**20, 12 * 2**20, 2 * llc - 1):
+            for budget in (0, 30 * 2**20, 1 << 30):
+                p = plan_copies(ws, llc, budget)
+                assert p.copies <= MAX_COPIES and (p.copies - 1) * ws <= budget
+                span = (p.copies - 1) * (ws + p.read_bytes) if p.copies > 1 else p.read_bytes
+                assert span >= 2 * llc, (llc, ws, budget, p)
     assert _parse_size("32768K\n") == 32 * 2**20 and _parse_size("2M") == 2 * 2**20
     size, source = last_level_cache_bytes(torch.device("cpu"))
     assert size > 0 and source
+
+
+def test_the_eviction_buffer_is_read_round_robin_and_wraps():
+    eviction = Eviction(2**20)  # 2 MiB buffer: 524288 float32
+    eviction.read(3 * 2**19)
+    assert eviction._at == 3 * 2**17 and eviction.reader(0) is None
+    eviction.reader(2**20)()  # 1 MiB more: past the end, wraps
+    assert eviction._at == 2**17 and eviction._buffer.numel() == 2**19
 
 
 def test_an_unknown_cache_state_is_one_line(tmp_path):
