@@ -176,6 +176,12 @@ def cache_state(meta: dict, df: pd.DataFrame) -> str:
     text = "; ".join(shown)
     if setting and set(states.index) != {setting}:
         text += f" (the suite asked for {setting})"
+    if "cache_read_mb" in df and (df["cache_read_mb"].fillna(0) > 0).any():
+        reads = df.loc[df["cache_read_mb"] > 0, "cache_read_mb"]
+        text += (
+            f"; {len(reads)} rows with too few copies to span the LLC read up to {reads.max():.1f} MiB of an "
+            "eviction buffer before each call, untimed (cache_read_mb)"
+        )
     if "cache_note" in df and df["cache_note"].notna().any():
         notes = df["cache_note"].dropna()
         text += f"; {len(notes)} rows not fully so (e.g. {notes.iloc[0]}; see results.csv cache_note)"

@@ -321,3 +321,14 @@ def test_strict_is_documented(capsys):
     with pytest.raises(SystemExit):
         main(["compare", "--help"])
     assert "--strict" in capsys.readouterr().out
+
+
+def test_the_cache_header_says_how_many_rows_were_made_cold_by_eviction_reads():
+    from reports.render import cache_state
+
+    df = pd.DataFrame(
+        {"status": ["ok"] * 3, "cache": ["cold"] * 3, "cache_read_mb": [12.25, 3.5, 0.0], "cache_note": [None] * 3}
+    )
+    text = cache_state({"timing": {"cache": "cold"}}, df)
+    assert "2 rows with too few copies to span the LLC read up to 12.2 MiB" in text
+    assert "eviction" not in cache_state({}, df.assign(cache_read_mb=0.0))
