@@ -1,5 +1,6 @@
 """Statistics, timers, memory and NVML against quantities known in advance."""
 
+import gc
 import sys
 import time
 import types
@@ -135,6 +136,20 @@ def test_blocks_fill_block_ms_and_cold_rows_of_a_pool_rotate_over_its_copies():
     used.clear()
     time_rows({"a": RowCalls(calls, pool="p")}, torch.device("cpu"), warm)
     assert set(used) == {0}, "warm: every call on the first copy"
+
+
+def test_the_garbage_collector_is_off_while_rows_are_timed_and_restored_after():
+    seen = []
+    settings = TimingSettings(budget_ms=10, min_time_ms=1, warmup_ms=1, min_reps=3, max_reps=3)
+    time_rows({"a": RowCalls([lambda: seen.append(gc.isenabled())])}, torch.device("cpu"), settings)
+    assert seen and not any(seen), "a collection in a call would cost in proportion to every object alive"
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        time_rows({"a": RowCalls([lambda: None])}, torch.device("cpu"), settings)
+        assert not gc.isenabled(), "a caller's own setting is left as it was"
+    finally:
+        gc.enable()
 
 
 def test_nvml_finds_the_gpu_by_its_pci_address(monkeypatch):
