@@ -176,8 +176,8 @@ def cache_state(meta: dict, df: pd.DataFrame) -> str:
     text = "; ".join(shown)
     if setting and set(states.index) != {setting}:
         text += f" (the suite asked for {setting})"
-    if "cache_read_mb" in df and (df["cache_read_mb"].fillna(0) > 0).any():
-        reads = df.loc[df["cache_read_mb"] > 0, "cache_read_mb"]
+    reads = df["cache_read_mb"][df["cache_read_mb"] > 0] if "cache_read_mb" in df else ()
+    if len(reads):
         text += (
             f"; {len(reads)} rows with too few copies to span the LLC read up to {reads.max():.1f} MiB of an "
             "eviction buffer before each call, untimed (cache_read_mb)"
