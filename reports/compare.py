@@ -30,10 +30,9 @@ import pandas as pd
 from reports.cells import fmt_value
 from reports.disturbed import reasons_by_point
 from reports.facets import GROUP_COLUMNS, POINT_COLUMNS, group_label, point_key, row_group_labels
-from reports.load import load_run, samples_column
+from reports.load import load_run, paused_gc, samples_column
 from reports.match import first_match
 from reports.stats import bootstrap_medians, bootstrap_p, by_sizes, chunks, interval, mann_whitney_u
-from suites.gc_pause import paused_gc
 
 METRICS = ("latency", "ratio")
 VERDICTS = ("slower", "ambiguous", "faster", "same")

@@ -8,10 +8,12 @@ every table), is left out with a one-line warning on stderr; the rest of the run
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import sys
 from collections.abc import Collection, Iterable, Iterator
+from contextlib import contextmanager
 from itertools import islice
 from pathlib import Path
 
@@ -21,7 +23,6 @@ import pandas as pd
 from reports.disturbed import rejudge_canary
 from reports.facets import point_key
 from reports.stats import by_sizes
-from suites.gc_pause import paused_gc
 from suites.schema import (
     LATENCY_SUMMARY_COLUMNS,
     RESULT_COLUMNS,
@@ -82,8 +83,8 @@ def load_run(run_dir: str | Path, columns: Collection[str] | None = None) -> tup
     rows = read_rows(run_dir / "results.jsonl", ignored)
     if columns is not None:
         rows = ({c: row[c] for c in columns if c in row} for row in rows)
-    with paused_gc():  # a run's millions of live objects, each collection scans them all (a third of the time of
-        df = _frame(rows)  # reading 200k rows), and bulk work on rows makes no cycles to collect
+    with paused_gc():
+        df = _frame(rows)
     for line in ignored[:MAX_WARNINGS]:
         print(f"moe-bench: {line}", file=sys.stderr)
     if len(ignored) > MAX_WARNINGS:
@@ -91,6 +92,19 @@ def load_run(run_dir: str | Path, columns: Collection[str] | None = None) -> tup
             f"moe-bench: {len(ignored) - MAX_WARNINGS} more lines of {run_dir}/results.jsonl ignored", file=sys.stderr
         )
     return meta, normalise(df, (meta.get("timing") or {}).get("disturb_canary_drift"))
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic garbage collection inside: with a run's millions of live objects each collection scans them all
+    (a third of the time of reading 200k rows), and bulk work on rows makes no cycles to collect."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _frame(rows: Iterable[dict]) -> pd.DataFrame:

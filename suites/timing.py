@@ -24,10 +24,11 @@ captured before any row warms up, since a capture empties the allocator's cache.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -35,7 +36,6 @@ import torch
 
 from suites import cuda_timing
 from suites.cuda_timing import L2Flush
-from suites.gc_pause import paused_gc
 from suites.stats import Stats
 from suites.timing_settings import TimingSettings
 
@@ -123,9 +123,24 @@ def time_rows(rows: dict[str, RowCalls], device: torch.device, s: TimingSettings
     A machine whose speed drifts (a shared CPU, a GPU changing clocks) then slows every row alike, so the
     ratios between rows stay honest. Each row keeps its own warm-up, stopping rule and budget.
     """
-    gc.collect()  # what is garbage now is collected before the clocks start, not inside a call
-    with paused_gc():  # as timeit (and so torch.utils.benchmark) does: with the collector on, loop at one token
-        return _time_rows(rows, device, s)  # (cpu suite, cold) ran 1.09-1.12x slower beside its point's rows
+    with _no_gc():
+        return _time_rows(rows, device, s)
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """Python's cyclic garbage collector off while rows are timed, as timeit (and so torch.utils.benchmark) turns
+    it off: a collection that falls in a call costs in proportion to every object alive, the neighbours' layers and
+    copies included. With it on, loop at one token (cpu suite, cold) ran 1.09-1.12x slower beside its point's rows
+    than alone, and transformers' eager experts 1.07-1.11x."""
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _time_rows(rows: dict[str, RowCalls], device: torch.device, s: TimingSettings) -> dict[str, RowTiming]:
