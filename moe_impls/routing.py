@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from moe_impls.config import MoEConfig, SyntheticRouting
+from moe_impls.views import KeptViews
 from moe_impls.weights import MoEWeights
 
 
@@ -57,6 +58,11 @@ class Assignments:
     def weight_N(self) -> torch.Tensor:
         """fp32 [N], with its graph to the router."""
         return self.kept[2] if self.kept is not None else self.weight_TK.view(-1)
+
+    @property
+    def kept_top_k(self) -> int | None:
+        """K where every token kept its K choices, so token t's assignments are N[t*K:(t+1)*K]; else None."""
+        return self.expert_idx_TK.shape[1] if self.kept is None else None
 
     @property
     def tokens_per_expert_E(self) -> torch.Tensor:
@@ -190,6 +196,7 @@ class Router:
     def __init__(self, cfg: MoEConfig) -> None:
         self.cfg = cfg
         self._generators: dict[torch.device, torch.Generator] = {}
+        self._views = KeptViews()
 
     def _generator(self, device: torch.device) -> torch.Generator:
         if device not in self._generators:
@@ -197,7 +204,8 @@ class Router:
         return self._generators[device]
 
     def __call__(self, weights: MoEWeights, x_TD: torch.Tensor, training: bool) -> RoutingRecord:
-        logits_TE = F.linear(x_TD, weights.router._parameters["weight"]).float()  # see weights.plain_children
+        w_ED = weights.router._parameters["weight"]  # see weights.plain_children
+        logits_TE = torch.mm(x_TD, self._views.transposed("weight", w_ED)).float()
         if self.cfg.router == "expert_choice":
             return self._expert_choice(logits_TE)
         if self.cfg.router == "sigmoid_topk":

@@ -16,6 +16,8 @@ from moe_impls.dispatch import SortedDispatch, sort_by_expert
 from moe_impls.layer import MoELayer
 from moe_impls.registry import register
 from moe_impls.routing import Assignments
+from moe_impls.views import KeptViews
+from moe_impls.weights import MoEWeights
 
 # torch.nn.functional.grouped_mm is the public name of torch._grouped_mm (torch 2.8+), which older builds offer alone.
 _grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
@@ -54,6 +56,10 @@ def grouped_mm_reads_offsets(device: torch.device) -> bool:
 
 @register("sort_group")
 class SortGroupMoE(MoELayer):
+    def __init__(self, weights: MoEWeights) -> None:
+        super().__init__(weights)
+        self._views = KeptViews()  # the grouped GEMMs' transposed weights, kept while autograd is off
+
     @property
     def capturable(self) -> bool:
         """Both grouped GEMMs run in torch's fused kernel (its fallback and ours split on host-side counts) and
@@ -69,14 +75,14 @@ class SortGroupMoE(MoELayer):
 
     def expert_outputs(self, x_ND: torch.Tensor, dispatch: SortedDispatch) -> torch.Tensor:
         experts, offsets_E = self.experts, dispatch.offsets_E
-        h_NH = _plus(self.grouped_mm(x_ND, experts.w_in_EHD, offsets_E), experts.bias_in_EH, dispatch)
-        out_ND = self.grouped_mm(experts.activate(h_NH), experts.w_out_EDF, offsets_E)
+        h_NH = _plus(self.grouped_mm(x_ND, experts.w_in_EHD, offsets_E, "w_in"), experts.bias_in_EH, dispatch)
+        out_ND = self.grouped_mm(experts.activate(h_NH), experts.w_out_EDF, offsets_E, "w_out")
         return _plus(out_ND, experts.bias_out_ED, dispatch)
 
-    def grouped_mm(self, x_NI: torch.Tensor, w_EOI: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:
-        """Rows of segment e (ending at offsets_E[e]) times w_EOI[e].T -> [N, O]."""
+    def grouped_mm(self, x_NI: torch.Tensor, w_EOI: torch.Tensor, offsets_E: torch.Tensor, name: str) -> torch.Tensor:
+        """Rows of segment e (ending at offsets_E[e]) times w_EOI[e].T -> [N, O]; `name` keeps w's transposed view."""
         if grouped_mm_supported(x_NI, w_EOI):
-            return _grouped_mm(x_NI, w_EOI.transpose(-2, -1), offs=offsets_E)
+            return _grouped_mm(x_NI, self._views.transposed(name, w_EOI), offs=offsets_E)
         counts = torch.diff(offsets_E, prepend=offsets_E.new_zeros(1)).tolist()
         segments = torch.split(x_NI, counts)
         return torch.cat([seg @ w_EOI[e].t() for e, seg in enumerate(segments)])

@@ -43,6 +43,40 @@ def test_combine_is_the_weighted_scatter_add_in_fp32():
     assert torch.equal(y_TD[3], torch.zeros(2))  # a token no row went back to
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_without_autograd_the_sorted_dispatch_combines_by_bags_to_the_same_result(dtype):
+    """Inference gets each token's rows as one weighted gather-sum (embedding_bag); it must equal the scatter-add
+    of weighted rows that a train step still uses, in fp32, for every token, including those of a shared expert."""
+    x_TD, routing = routed(tokens=40)
+    out_ND = torch.randn(80, CFG.d_model, generator=torch.Generator().manual_seed(2)).to(dtype)
+    scattered = sort_by_expert(x_TD, routing)
+    with torch.no_grad():
+        bagged = sort_by_expert(x_TD, routing)
+        y_TD = combine(out_ND, bagged)
+    assert scattered.bags is None and scattered.weight_N1 is not None
+    assert bagged.bags is not None and bagged.weight_N1 is None
+    assert torch.equal(bagged.token_idx_N, scattered.token_idx_N)
+    order_N = torch.sort(routing.expert_idx_N, stable=True).indices
+    assert torch.equal(order_N[bagged.bags.rows_N], torch.arange(80))  # assignment n's output is row rows_N[n]
+    assert y_TD.dtype == torch.float32
+    torch.testing.assert_close(y_TD, combine(out_ND, scattered), rtol=1e-6, atol=1e-6)
+
+
+def test_capacity_drops_keep_the_scatter_add_without_autograd():
+    """Bags need every token's K rows; once capacity dropped some, rows per token vary and the scatter-add stays."""
+    x_TD, routing = routed(dataclasses.replace(CFG, capacity_factor=0.5))
+    assert routing.kept is not None and routing.kept_top_k is None
+    with torch.no_grad():
+        assert sort_by_expert(x_TD, routing).bags is None
+
+
+def test_no_token_no_bag():
+    x_TD, routing = routed(tokens=0)
+    with torch.no_grad():
+        y_TD = combine(torch.empty(0, CFG.d_model), sort_by_expert(x_TD, routing))
+    assert y_TD.shape == (0, CFG.d_model)
+
+
 def test_dispatch_metadata_is_frozen():
     x_TD, routing = routed()
     with pytest.raises(dataclasses.FrozenInstanceError):
