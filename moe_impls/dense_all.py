@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from moe_impls.dispatch import Dispatch
-from moe_impls.experts import add_bias
+from moe_impls.experts import add_bias, batched_linear
 from moe_impls.layer import MoELayer
 from moe_impls.registry import register
 from moe_impls.routing import RoutingRecord
@@ -32,8 +32,7 @@ class DenseAllMoE(MoELayer):
 
     def expert_outputs(self, x_TD: torch.Tensor, dispatch: Dispatch) -> torch.Tensor:
         experts = self.experts
-        h_ETH = add_bias(torch.matmul(x_TD, experts.w_in_EHD.transpose(1, 2)), experts.bias_in_EH)
-        out_ETD = add_bias(
-            torch.matmul(experts.activate(h_ETH), experts.w_out_EDF.transpose(1, 2)), experts.bias_out_ED
-        )
+        x_ETD = x_TD.expand(self.cfg.num_experts, -1, -1)
+        h_ETH = add_bias(batched_linear(x_ETD, experts.w_in_EHD), experts.bias_in_EH)
+        out_ETD = add_bias(batched_linear(experts.activate(h_ETH), experts.w_out_EDF), experts.bias_out_ED)
         return out_ETD.reshape(-1, x_TD.shape[-1])

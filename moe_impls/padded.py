@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from moe_impls.dispatch import Dispatch
-from moe_impls.experts import add_bias
+from moe_impls.experts import add_bias, batched_linear
 from moe_impls.layer import MoELayer
 from moe_impls.registry import register
 from moe_impls.routing import Assignments, position_in_expert
@@ -43,6 +43,6 @@ class PaddedMoE(MoELayer):
 
     def expert_outputs(self, buffer_ECD: torch.Tensor, dispatch: PaddedDispatch) -> torch.Tensor:
         experts = self.experts
-        h_ECH = add_bias(torch.bmm(buffer_ECD, experts.w_in_EHD.transpose(1, 2)), experts.bias_in_EH)
-        out_ECD = add_bias(torch.bmm(experts.activate(h_ECH), experts.w_out_EDF.transpose(1, 2)), experts.bias_out_ED)
+        h_ECH = add_bias(batched_linear(buffer_ECD, experts.w_in_EHD), experts.bias_in_EH)
+        out_ECD = add_bias(batched_linear(experts.activate(h_ECH), experts.w_out_EDF), experts.bias_out_ED)
         return out_ECD.view(dispatch.computed_rows, out_ECD.shape[-1])[dispatch.slot_N]
