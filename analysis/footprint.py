@@ -4,7 +4,7 @@ the runner's fit check uses before it allocates anything.
 Each model lists the tensors alive at the call's few candidate peaks (after the router, inside the expert
 matmuls, at the combine; in train mode also the saved activations, the weight gradients and the backward's
 temporaries) and takes the largest sum. The tensors are the ones the layer files create, so a model is read
-beside its layer; tests/analysis/test_footprint.py holds each to the CPU profiler's measured peak.
+beside its layer; tests/suites/test_plan.py holds each to the CPU profiler's measured peak.
 Legend: T tokens, D d_model, F d_ff, H first-projection width (2F SwiGLU, F GELU), E experts, k top-k,
 N = T k assignments, L the largest expert load, b the activation dtype's bytes; the router and the combine
 work in fp32 (4 bytes); indices are int64 (8 bytes).
@@ -139,10 +139,7 @@ def padded(call: Call) -> int:
     rows, n = call.num_experts * call.max_load, call.assignments
     extra = router_bytes(call) + 3 * n * INDEX + n * call.d_model * call.elem_bytes  # slots, order, gathered x
     forward = extra + _forward(Pass(rows, n), call)
-    if not call.train:
-        return forward
-    transposed = extra + weight_grads(call) + first_projection_bytes(call)  # bmm's grad of the transposed weight
-    return max(forward, extra + _backward(rows, rows, call, weight_grads(call)), transposed)
+    return max(forward, extra + _backward(rows, rows, call, weight_grads(call))) if call.train else forward
 
 
 def dense_all(call: Call) -> int:
