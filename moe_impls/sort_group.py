@@ -1,7 +1,7 @@
 """Sort-and-group: order the assignments by expert, run grouped GEMMs over the contiguous segments.
 
-`grouped_mm` is the seam: `torch.nn.functional.grouped_mm` (or `torch._grouped_mm`) where the device and dtype allow it
-(CUDA: bf16; CPU: any float; rows aligned to 16 bytes), else a per-segment loop that computes the same.
+`grouped_mm` is the seam: torch's grouped GEMM (moe_impls/grouped_gemm.py) where the device and dtype allow it
+(CUDA: bf16; CPU: any float, compiled too; rows aligned to 16 bytes), else a per-segment loop that computes the same.
 Legend: N assignments, D d_model, H first-projection width, E experts, I/O a matmul's input/output width.
 """
 
@@ -10,17 +10,14 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
 
+from moe_impls import grouped_gemm
 from moe_impls.dispatch import SortedDispatch, sort_by_expert
 from moe_impls.layer import MoELayer
 from moe_impls.registry import register
 from moe_impls.routing import Assignments
 from moe_impls.views import KeptViews
 from moe_impls.weights import MoEWeights
-
-# torch.nn.functional.grouped_mm is the public name of torch._grouped_mm (torch 2.8+), which older builds offer alone.
-_grouped_mm = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
 
 def grouped_mm_supported(x_NI: torch.Tensor, w_EOI: torch.Tensor) -> bool:
@@ -32,17 +29,15 @@ def grouped_mm_supported(x_NI: torch.Tensor, w_EOI: torch.Tensor) -> bool:
     """
     if x_NI.dtype != w_EOI.dtype:
         return False
-    compiling = torch.compiler.is_compiling()
-    takes = _kernel_takes.__wrapped__ if compiling else _kernel_takes  # Dynamo traces the body, not the cache
-    return takes(x_NI.dtype, x_NI.device.type, w_EOI.shape[-2], w_EOI.shape[-1], compiling)
+    takes = _kernel_takes.__wrapped__ if torch.compiler.is_compiling() else _kernel_takes  # Dynamo traces the body
+    return takes(x_NI.dtype, x_NI.device.type, w_EOI.shape[-2], w_EOI.shape[-1])
 
 
 @functools.cache
-def _kernel_takes(dtype: torch.dtype, device_type: str, out_width: int, in_width: int, compiling: bool) -> bool:
-    if _grouped_mm is None or not dtype.is_floating_point or device_type not in ("cuda", "cpu"):
+def _kernel_takes(dtype: torch.dtype, device_type: str, out_width: int, in_width: int) -> bool:
+    if grouped_gemm.aten_grouped_mm is None or not dtype.is_floating_point or device_type not in ("cuda", "cpu"):
         return False
-    if (device_type == "cuda" or compiling) and dtype != torch.bfloat16:
-        # CUDA's kernel takes bf16 only; torch's fake-tensor rule for grouped_mm too, though the CPU kernel takes more
+    if device_type == "cuda" and dtype != torch.bfloat16:  # CUDA's kernel takes bf16 only; the CPU kernel any float
         return False
     return all(width * dtype.itemsize % 16 == 0 for width in (out_width, in_width))
 
@@ -82,7 +77,7 @@ class SortGroupMoE(MoELayer):
     def grouped_mm(self, x_NI: torch.Tensor, w_EOI: torch.Tensor, offsets_E: torch.Tensor, name: str) -> torch.Tensor:
         """Rows of segment e (ending at offsets_E[e]) times w_EOI[e].T -> [N, O]; `name` keeps w's transposed view."""
         if grouped_mm_supported(x_NI, w_EOI):
-            return _grouped_mm(x_NI, self._views.transposed(name, w_EOI), offs=offsets_E)
+            return grouped_gemm.grouped_mm(x_NI, self._views.transposed(name, w_EOI), offsets_E)
         counts = torch.diff(offsets_E, prepend=offsets_E.new_zeros(1)).tolist()
         segments = torch.split(x_NI, counts)
         return torch.cat([seg @ w_EOI[e].t() for e, seg in enumerate(segments)])
