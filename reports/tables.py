@@ -114,6 +114,7 @@ def _winner_row(own: tuple, runner_up: tuple | None, flop: tuple, p: float) -> l
 PEER_PREFIX = "hf_"
 OURS_IN_TRANSFORMERS = "moe_bench_"  # our implementations as transformers experts implementations (a model's rows)
 SAME_WITHIN = 0.05
+REUSED_S = 0.5  # a compiled row's group paid this much more than its own point: it reused an earlier graph
 
 
 def is_transformers(rows: pd.DataFrame) -> pd.Series:
@@ -134,17 +135,25 @@ def versus_peers(df: pd.DataFrame) -> tuple[list[str], Rows]:
     both = ours.merge(theirs[[*POINT, *sides]], on=POINT, suffixes=("", "_theirs"))
     theirs = both[[f"{c}_theirs" for c in sides]].set_axis(sides, axis=1)
     p = mann_whitney_p(samples_column(both), samples_column(theirs))
-    compile_s = both["compile_s"].tolist() if "compile_s" in both else [None] * len(both)
-    rows = map(_peer_row, _columns(both, OWN_COLUMNS), _columns(theirs, sides[:2]), p, compile_s)
+    compiles = [[None, None]] * len(both)
+    if "compile_s" in both:
+        paid = df.groupby([GROUP, "impl"], sort=False)["compile_s"].sum(min_count=1).rename("group_compile_s")
+        compiles = _columns(both.join(paid, on=[GROUP, "impl"]), ["compile_s", "group_compile_s"])
+    rows = map(_peer_row, _columns(both, OWN_COLUMNS), _columns(theirs, sides[:2]), p, compiles)
     return headers, _by_group(both, rows)
 
 
-def _peer_row(own: tuple, theirs: tuple, p: float, compile_s: float | None) -> list[Cell]:
+def _peer_row(own: tuple, theirs: tuple, p: float, compiles: tuple) -> list[Cell]:
     """Our fastest at a point (`own`: OWN_COLUMNS) against the fastest transformers one (`theirs`: impl, median);
-    a compiled winner says what compiling it cost."""
+    a compiled winner says what compiling it cost: at this point, and over the table's points, since a point
+    whose graph an earlier token count compiled costs almost nothing itself."""
     _, tokens, routing, impl, median, mark = own
+    compile_s, group_compile_s = compiles
     if not pd.isna(compile_s):  # None and NaN: not a compiled row
-        impl = f"{impl} (compiled in {compile_s:.3g} s)"
+        impl = f"{impl} (compiled in {compile_s:.3g} s"
+        if group_compile_s > compile_s + REUSED_S:
+            impl += f" here, {group_compile_s:.3g} s over this table's points"
+        impl += ")"
     their_impl, their_ms = theirs
     ratio = median / their_ms
     shown: list[Cell] = [Number(ratio, significant(3)), Number(p, significant(2))]

@@ -126,6 +126,25 @@ def test_versus_peers_table_compares_our_best_with_the_best_transformers_row(com
     assert row[6].value == pytest.approx(0.8, rel=1e-3) and row[-1] == "faster"
 
 
+def test_a_compiled_winner_that_reused_an_earlier_graph_says_what_its_table_paid():
+    """At a token count whose graph an earlier one compiled, the point's own compile time is near zero; the cell
+    also gives what compiling cost over the table's points."""
+    from reports import tables
+    from reports.load import normalise
+
+    rows = [
+        _timed_row(impl, scale, tokens=tokens, point_id=f"p{tokens}", compile_s=compile_s)
+        for tokens, compile_s in [(16, 4.0), (256, 0.04)]
+        for impl, scale, compile_s in [("sort_group+compile", 1.0, compile_s), ("hf_grouped_mm", 1.25, None)]
+    ]
+    _, table = tables.versus_peers(normalise(pd.DataFrame(rows)).assign(group=0))
+    cells = {row[0].value: row[2] for row in table[0]}
+    assert cells == {
+        16: "sort_group+compile (compiled in 4 s)",
+        256: "sort_group+compile (compiled in 0.04 s here, 4.04 s over this table's points)",
+    }
+
+
 def test_the_dense_ratios_say_which_way_they_read():
     """The winner's efficiency against the FLOP-matched FFN is the dense time over the winner's (0.25 for a winner
     four times slower), and its header says so: "winner vs flop_matched" read as the winner's share of the dense
