@@ -477,7 +477,10 @@ def test_a_write_that_fails_is_a_one_line_os_error(tmp_path, monkeypatch):
 
 def test_ctrl_c_keeps_the_rows_and_prints_the_command_that_completes_the_run(tmp_path):
     suite, out = write_suite(tmp_path, FAST, name="fast.toml"), tmp_path / "out"
-    proc = cli("-m", "suites", "run", str(suite), "--out", str(out), "--no-report", "--no-progress")
+    # As from a terminal: a shell's background job (CI's runner, `cmd &`) starts with SIGINT ignored, and Python
+    # then honours that and installs no KeyboardInterrupt handler.
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    proc = cli("-m", "suites", "run", str(suite), "--out", str(out), "--no-report", "--no-progress", preexec_fn=restore)
     try:
         wait_for_rows(out / RESULTS, 2, proc)
         proc.send_signal(signal.SIGINT)
