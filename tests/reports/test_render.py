@@ -134,8 +134,8 @@ def test_a_compiled_winner_that_reused_an_earlier_graph_says_what_its_table_paid
 
     rows = [
         _timed_row(impl, scale, tokens=tokens, point_id=f"p{tokens}", compile_s=compile_s)
-        for tokens, compile_s in [(16, 4.0), (256, 0.04)]
-        for impl, scale, compile_s in [("sort_group+compile", 1.0, compile_s), ("hf_grouped_mm", 1.25, None)]
+        for tokens, cost in [(16, 4.0), (256, 0.04)]
+        for impl, scale, compile_s in [("sort_group+compile", 1.0, cost), ("hf_grouped_mm", 1.25, None)]
     ]
     _, table = tables.versus_peers(normalise(pd.DataFrame(rows)).assign(group=0))
     cells = {row[0].value: row[2] for row in table[0]}
