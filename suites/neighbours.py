@@ -4,11 +4,14 @@ The runner times a point's rows round-robin, so drift is shared; the protocol (c
 worker's allocator settings) is meant to make each row's time what it would be alone. This checks it, point by
 point: each try times the point's round-robin and then every row alone, in one worker as a run starts it;
 odd tries run the rows alone first, in reverse, so that drift of the machine during a try cancels over the tries.
-A cell is the median over tries of the row's median with its neighbours over its median alone; each cell outside
-the tolerance is listed with its tries, so a spread wider than the tolerance shows as such. Each point also says how
-many of its timings the runner flagged as taken on a disturbed machine (suites/steadiness.py): a miss there measures
-the host, not the protocol. A point's line is printed as soon as it is measured. Exit 0 when every cell is within
-`--within` of 1, 1 when one is not (or a row was not measured), 2 for bad arguments.
+A cell is the median over tries of the row's median with its neighbours over its median alone. A cell outside the
+tolerance is a miss when every try lies on the same side of 1 (the neighbours moved the row the same way each time),
+and has no verdict when its tries lie on both sides of 1: there the host's own drift between the halves of a try is
+wider than the tolerance, and the cell says nothing about the protocol. Each cell outside is listed with its tries.
+Each point also says how many of its timings the runner flagged as taken on a disturbed machine
+(suites/steadiness.py). A point's line is printed as soon as it is measured. Exit 0 when every cell is within
+`--within` of 1, 1 when a cell is a miss (or a row was not measured), 3 when the only cells outside have no verdict
+(measure again on a quieter machine), 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -93,21 +96,41 @@ def line(p: PointRatios, rows: Sequence[str]) -> str:
     return f"| {p.label} | " + " | ".join(cells) + f" | {p.disturbed} of {p.timings} |\n"
 
 
+def verdict(ratio: float | None, tries: Sequence[float], within: float) -> str:
+    """within, miss (outside, every try on the same side of 1), spread (outside, tries on both sides) or unmeasured."""
+    if ratio is None:
+        return "unmeasured"
+    if abs(ratio - 1) <= within:
+        return "within"
+    return "miss" if all(t > 1 for t in tries) or all(t < 1 for t in tries) else "spread"
+
+
+def _verdicts(table: list[PointRatios], within: float) -> list[tuple[PointRatios, str, str]]:
+    return [(p, r, verdict(v, p.tries[r], within)) for p in table for r, v in p.ratios.items()]
+
+
 def summary(table: list[PointRatios], within: float) -> str:
-    """The count within the tolerance, then each cell outside it with its tries."""
-    values = [v for p in table for v in p.ratios.values() if v is not None]
-    unmeasured = sum(v is None for p in table for v in p.ratios.values())
-    ok = sum(abs(v - 1) <= within for v in values)
-    count = f"{ok} of {len(values) + unmeasured} cells within {within:.0%}"
+    """The count within the tolerance, the misses and the cells without a verdict, then each cell outside with its
+    tries."""
+    cells = _verdicts(table, within)
+    values = [p.ratios[r] for p, r, v in cells if v != "unmeasured"]
+    counts = {kind: sum(v == kind for _, _, v in cells) for kind in ("within", "miss", "spread", "unmeasured")}
+    count = f"{counts['within']} of {len(cells)} cells within {within:.0%}"
     if values:
         count += f" ({min(values):.3f} to {max(values):.3f})"
-    if unmeasured:
-        count += f"; {unmeasured} not measured (a row failed)"
+    count += f"; {counts['miss']} outside it on every try"
+    if counts["spread"]:
+        count += (
+            f"; {counts['spread']} without a verdict (tries on both sides of 1: the host drifted more than"
+            f" {within:.0%} between the halves of a try)"
+        )
+    if counts["unmeasured"]:
+        count += f"; {counts['unmeasured']} not measured (a row failed)"
+    shown = {"miss": "miss", "spread": "no verdict"}
     outside = [
-        f"- {r} at {p.label}: {v:.3f}, tries " + ", ".join(f"{t:.2f}" for t in p.tries[r])
-        for p in table
-        for r, v in p.ratios.items()
-        if v is not None and abs(v - 1) > within
+        f"- {r} at {p.label}: {p.ratios[r]:.3f} ({shown[v]}), tries " + ", ".join(f"{t:.2f}" for t in p.tries[r])
+        for p, r, v in cells
+        if v in shown
     ]
     flagged, timings = sum(p.disturbed for p in table), sum(p.timings for p in table)
     if flagged:
@@ -118,8 +141,12 @@ def summary(table: list[PointRatios], within: float) -> str:
     return "\n" + count + "\n" + "".join(f"{o}\n" for o in outside)
 
 
-def all_within(table: list[PointRatios], within: float) -> bool:
-    return all(v is not None and abs(v - 1) <= within for p in table for v in p.ratios.values())
+def exit_code(table: list[PointRatios], within: float) -> int:
+    """0 every cell within, 1 a miss or an unmeasured row, 3 only cells without a verdict outside."""
+    kinds = {v for _, _, v in _verdicts(table, within)}
+    if kinds & {"miss", "unmeasured"}:
+        return 1
+    return 3 if "spread" in kinds else 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -159,7 +186,7 @@ def cmd_neighbours(args: argparse.Namespace) -> int:
     finally:
         worker.close()
     print(summary(table, args.within), end="")
-    return 0 if all_within(table, args.within) else 1
+    return exit_code(table, args.within)
 
 
 def _rows(suite: Suite, only: str | None) -> list[str]:
