@@ -42,14 +42,24 @@ def moe_config(config):
     return config.get_text_config(decoder=True)
 
 
+EXPERT_COUNT = r"num_experts|num_local_experts|n_routed_experts|moe_num_experts"  # the names configs give it
+
+
+def names_expert_count(config) -> bool:
+    """Whether `config` has an expert count under one of its names (or an alias of one): every MoE config does;
+    a dense vision part of a multimodal MoE model (Step 3.7's) does not, though its MLP may build the experts."""
+    keys = set(config.to_dict()) | set(getattr(type(config), "attribute_map", None) or {})
+    return any(re.fullmatch(EXPERT_COUNT, key) for key in keys)
+
+
 # Shrinking rules for tiny_config, by attribute name (full match), first match wins. None and 0 usually mean
 # "feature off" and are kept, except where the default leaves a size unset that the block multiplies by.
 _TINY_RULES: tuple[tuple[str, int, bool], ...] = (  # (pattern, tiny value, also replace None)
     (r"(moe_)?hidden_size", TINY_HIDDEN, False),  # MuseSpark's experts run in their own moe_hidden_size
     (r"router_hidden_size", TINY_FFN, False),  # Zaya's router MLP
     (r"hidden_size_per_layer_input", TINY_HEAD_DIM, False),
-    (r".*intermediate_size", TINY_FFN, False),  # moe_, shared_expert_, dense_, prefix_dense_ ...
-    (r"num_experts|num_local_experts|n_routed_experts|moe_num_experts", TINY_EXPERTS, True),  # dots1 leaves None
+    (r".*intermediate_size|.*ffn_hidden_size|share_expert_dim", TINY_FFN, False),  # moe_, dense_ ...; LongCat, Step 3.5
+    (EXPERT_COUNT, TINY_EXPERTS, True),  # dots1 leaves None
     (r"num_experts_per_tok|num_experts_per_token|moe_k|moe_topk|top_k_experts", TINY_TOP_K, True),
     (r"n_shared_experts|num_shared_experts|moe_num_shared_experts", 1, True),  # dots1's block multiplies by it
     (r"n_group|num_expert_group", TINY_GROUPS, False),
@@ -103,6 +113,8 @@ def _tiny_derived(values: dict[str, Any]) -> None:
         values["qk_head_dim"] = values["qk_nope_head_dim"] + values["qk_rope_head_dim"]
     if {"mamba_n_heads", "mamba_d_head", "mamba_expand"} <= values.keys():  # Granite hybrid: heads x dim = inner
         values["mamba_d_head"] = values["mamba_expand"] * values["hidden_size"] // values["mamba_n_heads"]
+    if {"index_num_heads", "num_attention_heads", "num_key_value_heads"} <= values.keys():  # Kolibri's indexer
+        values["index_num_heads"] = max(1, values["num_attention_heads"] // values["num_key_value_heads"])
     rope = values.get("rope_parameters")
     if isinstance(rope, dict) and isinstance(rope.get("mrope_section"), list):  # multimodal RoPE: sums to dim/2
         rotary = values.get("qk_rope_head_dim") or values.get("head_dim") or TINY_HEAD_DIM
@@ -134,11 +146,15 @@ def _tiny_value(key: str, value: Any, hidden: int | None) -> Any:
 
 
 def _one_layer(values: dict[str, Any], layers: int, keep: int) -> dict[str, Any]:
-    """`values` for one layer: every per-layer list reduced to its entry `keep`, `per_layer_config` re-keyed."""
-    out = dict(values, num_hidden_layers=1)
+    """`values` for one layer: every per-layer list reduced to its entry `keep`, `per_layer_config` re-keyed.
+    LongCat-Flash derives num_hidden_layers (two sublayers a layer) from num_layers, which is then the one set."""
+    derived = "num_hidden_layers" not in values and "num_layers" in values
+    out = dict(values, num_layers=1) if derived else dict(values, num_hidden_layers=1)
     for key, value in values.items():
         if isinstance(value, list) and len(value) == layers:
             out[key] = [value[keep]]
+        elif key.endswith("_layers") and _layer_indices(value, layers):  # Kolibri's index_layers [4, 14, 19, 29]
+            out[key] = [0] if keep in value else []
     per_layer = values.get("per_layer_config")
     if isinstance(per_layer, dict):
         kept = [v for k, v in per_layer.items() if str(k).isdigit() and int(k) == keep]
@@ -146,6 +162,15 @@ def _one_layer(values: dict[str, Any], layers: int, keep: int) -> dict[str, Any]
     if isinstance(values.get("kv_source_layers"), list):  # Mistral Large 4: the one layer owns its KV cache
         out["kv_source_layers"] = [0]
     return out
+
+
+def _layer_indices(value: Any, layers: int) -> bool:
+    """Whether `value` lists some of the layers by index (the layers of one kind), not one entry per layer."""
+    return (
+        isinstance(value, list)
+        and len(value) < layers
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < layers for v in value)
+    )
 
 
 def moe_layer_index(config) -> int:

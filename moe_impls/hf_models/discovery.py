@@ -13,7 +13,7 @@ import functools
 import torch
 
 from moe_impls.hf_models.blocks import block_class_for, block_forward, build_block
-from moe_impls.hf_models.configs import moe_config, tiny_config
+from moe_impls.hf_models.configs import moe_config, names_expert_count, tiny_config
 from moe_impls.hf_models.implementations import experts_modules
 from moe_impls.hf_models.modeling import (
     DECORATOR,
@@ -85,7 +85,7 @@ def _classify(model_type: str, module) -> MoEModelType | None:
         config = moe_config(config_class())
     except Exception as e:
         return MoEModelType(model_type, config_class, None, None, f"default config fails: {_one_line(e)}")
-    experts_class = _experts_class_for(module, config)
+    experts_class = _experts_class_for(module, config) if names_expert_count(config) else None
     if experts_class is None:
         return None
     guess = next(iter(_block_classes(module, experts_class, config)), None)
