@@ -26,14 +26,28 @@ def is_experts_class(cls: object) -> bool:
     own forward) whose closure holds the `experts_interface` it dispatches through. Both together are what makes
     the class answer to `config._experts_implementation`; a class attribute such as `_apply_gate` alone would not
     say so (a class may define its own), and the attributes the wrapper sets live on instances, not the class.
+    A subclass whose own forward calls the decorated one (`super().forward`) dispatches through it too.
     """
-    forward = getattr(cls, "forward", None)
-    return (
-        isinstance(cls, type)
-        and issubclass(cls, nn.Module)
-        and getattr(forward, "__wrapped__", None) is not None
-        and "experts_interface" in getattr(getattr(forward, "__code__", None), "co_freevars", ())
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        return False
+    if _dispatches(cls.forward):
+        return True
+    # Ergo's experts subclass the decorated class and call its forward with each route on a row of its own
+    base = next((b for b in cls.__mro__[1:] if _dispatches(getattr(b, "forward", None))), None)
+    return base is not None and _calls_super_forward(cls)
+
+
+def _dispatches(forward: object) -> bool:
+    return getattr(forward, "__wrapped__", None) is not None and "experts_interface" in getattr(
+        getattr(forward, "__code__", None), "co_freevars", ()
     )
+
+
+def _calls_super_forward(cls: type) -> bool:
+    try:
+        return "super().forward(" in inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return False
 
 
 @functools.cache
@@ -96,7 +110,11 @@ def _experts_class_for(module, config) -> type | None:
     """The module's experts class that `config` can build (on the meta device, no memory), or None when the config
     lacks what every experts class reads (AttributeError: not an MoE config). Other errors (a size left None in
     a default config) still mean the config is meant for it."""
-    candidates = sorted(_experts_classes(module), key=lambda c: -_affinity(c, config))
+    classes = _experts_classes(module)
+    # the likeliest first; of a class and its subclass (Ergo's), the subclass: it is what a block builds
+    candidates = sorted(
+        classes, key=lambda c: (-_affinity(c, config), any(o is not c and issubclass(o, c) for o in classes))
+    )
     for cls in candidates:
         try:
             with torch.device("meta"):

@@ -51,6 +51,26 @@ def test_discovery_finds_the_moe_families_by_inspection():
     assert all(hf_models.is_experts_class(mt.experts_class) for mt in TYPES.values() if mt.experts_class)
 
 
+def test_an_experts_subclass_that_calls_the_decorated_forward_is_one_and_a_replacing_one_is_not():
+    """Ergo (transformers 5.25) normalises each route in a subclass of its decorated experts class, whose forward
+    calls the decorated one: its block builds the subclass, and each implementation runs beneath it."""
+    from transformers.models.mixtral.modeling_mixtral import MixtralExperts
+
+    class Calls(MixtralExperts):
+        def forward(self, hidden_states, top_k_index, top_k_weights):
+            return super().forward(hidden_states, top_k_index, top_k_weights) * 2
+
+    class Replaces(MixtralExperts):
+        def forward(self, hidden_states, top_k_index, top_k_weights):
+            return hidden_states
+
+    assert hf_models.is_experts_class(Calls) and not hf_models.is_experts_class(Replaces)
+    if "ergo" in TYPES:
+        ergo = TYPES["ergo"]
+        assert ergo.why_not is None, ergo.why_not
+        assert (ergo.experts_class.__name__, ergo.block_class.__name__) == ("ErgoExperts", "ErgoMoE")
+
+
 def test_dense_models_and_the_vision_parts_of_moe_models_are_left_out():
     assert not {"llama", "mistral", "qwen3", "gpt2"} & TYPES.keys()
     assert "qwen3_vl_moe_vision" not in TYPES and {"qwen3_vl_moe", "qwen3_vl_moe_text"} <= TYPES.keys()
