@@ -33,8 +33,8 @@ def is_experts_class(cls: object) -> bool:
     if _dispatches(cls.forward):
         return True
     # Ergo's experts subclass the decorated class and call its forward with each route on a row of its own
-    base = next((b for b in cls.__mro__[1:] if _dispatches(getattr(b, "forward", None))), None)
-    return base is not None and _calls_super_forward(cls)
+    decorated_base = any(_dispatches(getattr(b, "forward", None)) for b in cls.__mro__[1:])
+    return decorated_base and _calls_super_forward(cls)
 
 
 def _dispatches(forward: object) -> bool:
