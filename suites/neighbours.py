@@ -8,10 +8,13 @@ A cell is the median over tries of the row's median with its neighbours over its
 tolerance is a miss when every try lies on the same side of 1 (the neighbours moved the row the same way each time),
 and has no verdict when its tries lie on both sides of 1: there the host's own drift between the halves of a try is
 wider than the tolerance, and the cell says nothing about the protocol. Each cell outside is listed with its tries.
-Each point also says how many of its timings the runner flagged as taken on a disturbed machine
-(suites/steadiness.py). A point's line is printed as soon as it is measured. Exit 0 when every cell is within
-`--within` of 1, 1 when a cell is a miss (or a row was not measured), 3 when the only cells outside have no verdict
-(measure again on a quieter machine), 2 for bad arguments.
+A try of a row counts only when neither of its two timings was flagged as taken on a disturbed machine
+(suites/steadiness.py: on a shared host, mostly the host moving this process's CPUs, which moved sort_group's
+train step by 1.4x): such a try is left out and taken again (only the rows still short of --tries steady tries are
+timed alone again), up to RETAKES x --tries tries a point. Each point says how many of its timings were flagged.
+A point's line is printed as soon as it is measured. Exit 0 when every cell is within
+`--within` of 1, 1 when a cell is a miss (or a row was not measured), 3 when the only cells outside have no verdict or no
+steady try (measure again on a quieter machine), 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import argparse
 import statistics
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -33,13 +36,18 @@ from suites.worker import Worker, WorkerSpec
 RunPoint = Callable[[Point, list[str]], Iterable[dict]]  # Worker.run_point without its note
 
 
+RETAKES = 2  # a point takes at most RETAKES x --tries tries to find --tries steady ones for each row
+
+
 @dataclass(frozen=True)
 class PointRatios:
     label: str
-    ratios: dict[str, float | None]  # row -> median of with-neighbours / alone; None when a try did not measure it
-    tries: dict[str, list[float]]  # row -> each try's with-neighbours / alone, in the order they ran
+    ratios: dict[str, float | None]  # row -> median of with-neighbours / alone; None when no steady try measured it
+    tries: dict[str, list[float]]  # row -> each steady try's with-neighbours / alone, in the order they ran
     timings: int  # the worker's timings of the point: one with its neighbours and one per row alone, each try
     disturbed: int  # how many of them the runner flagged as timed on a disturbed machine
+    left_out: dict[str, int] = field(default_factory=dict)  # row -> tries left out: a timing of it was flagged
+    unmeasured: frozenset[str] = frozenset()  # rows a try did not measure (the row failed)
 
 
 def measure(points: Sequence[Point], rows: Sequence[str], run_point: RunPoint, tries: int) -> Iterator[PointRatios]:
@@ -49,38 +57,47 @@ def measure(points: Sequence[Point], rows: Sequence[str], run_point: RunPoint, t
 
 def _point(point: Point, rows: list[str], run_point: RunPoint, tries: int) -> PointRatios:
     per_try: dict[str, list[float]] = {r: [] for r in rows}
+    left_out = dict.fromkeys(rows, 0)
     missing: set[str] = set()
     flags: list[bool] = []
 
-    def timed(todo: list[str]) -> list[dict]:
+    def timed(todo: list[str]) -> dict[str, tuple[float, bool]]:
         found = list(run_point(point, todo))
         flags.append(any(row.get("disturbed") for row in found))
-        return found
+        return {
+            row["impl"]: (row["latency_ms_median"], bool(row.get("disturbed")))
+            for row in found
+            if row.get("status") == "ok"
+        }
 
-    for i in range(tries):
+    def wanted() -> list[str]:
+        return [r for r in rows if r not in missing and len(per_try[r]) < tries]
+
+    for i in range(tries * RETAKES):
+        todo = wanted()
+        if not todo:
+            break
         if i % 2 == 0:
-            together, alone = _medians(timed(rows)), _alone(rows, timed)
+            together, alone = timed(rows), _alone(todo, timed)
         else:
-            alone = _alone(rows[::-1], timed)
-            together = _medians(timed(rows))
-        for r in rows:
-            if r in together and r in alone:
-                per_try[r].append(together[r] / alone[r])
-            else:
+            alone = _alone(todo[::-1], timed)
+            together = timed(rows)
+        for r in todo:
+            if r not in together or r not in alone:
                 missing.add(r)
-    ratios = {r: None if r in missing else statistics.median(per_try[r]) for r in rows}
-    return PointRatios(label(point), ratios, per_try, len(flags), sum(flags))
+            elif together[r][1] or alone[r][1]:
+                left_out[r] += 1
+            else:
+                per_try[r].append(together[r][0] / alone[r][0])
+    ratios = {r: statistics.median(per_try[r]) if per_try[r] and r not in missing else None for r in rows}
+    return PointRatios(label(point), ratios, per_try, len(flags), sum(flags), left_out, frozenset(missing))
 
 
-def _alone(order: list[str], timed: Callable[[list[str]], list[dict]]) -> dict[str, float]:
-    found: dict[str, float] = {}
+def _alone(order: list[str], timed: Callable[[list[str]], dict]) -> dict[str, tuple[float, bool]]:
+    found: dict[str, tuple[float, bool]] = {}
     for r in order:
-        found.update(_medians(timed([r])))
+        found.update(timed([r]))
     return found
-
-
-def _medians(rows: Iterable[dict]) -> dict[str, float]:
-    return {row["impl"]: row["latency_ms_median"] for row in rows if row.get("status") == "ok"}
 
 
 def render(table: list[PointRatios], rows: Sequence[str], within: float) -> str:
@@ -105,16 +122,24 @@ def verdict(ratio: float | None, tries: Sequence[float], within: float) -> str:
     return "miss" if all(t > 1 for t in tries) or all(t < 1 for t in tries) else "spread"
 
 
+def _verdict(p: PointRatios, row: str, within: float) -> str:
+    """A row's verdict at its point; `disturbed` when it was measured, but no try of it on a steady machine."""
+    if p.ratios[row] is None and row not in p.unmeasured and p.left_out.get(row):
+        return "disturbed"
+    return verdict(p.ratios[row], p.tries[row], within)
+
+
 def _verdicts(table: list[PointRatios], within: float) -> list[tuple[PointRatios, str, str]]:
-    return [(p, r, verdict(v, p.tries[r], within)) for p in table for r, v in p.ratios.items()]
+    return [(p, r, _verdict(p, r, within)) for p in table for r in p.ratios]
 
 
 def summary(table: list[PointRatios], within: float) -> str:
     """The count within the tolerance, the misses and the cells without a verdict, then each cell outside with its
     tries."""
     cells = _verdicts(table, within)
-    values = [p.ratios[r] for p, r, v in cells if v != "unmeasured"]
-    counts = {kind: sum(v == kind for _, _, v in cells) for kind in ("within", "miss", "spread", "unmeasured")}
+    values = [p.ratios[r] for p, r, v in cells if p.ratios[r] is not None]
+    kinds = ("within", "miss", "spread", "disturbed", "unmeasured")
+    counts = {kind: sum(v == kind for _, _, v in cells) for kind in kinds}
     count = f"{counts['within']} of {len(cells)} cells within {within:.0%}"
     if values:
         count += f" ({min(values):.3f} to {max(values):.3f})"
@@ -124,6 +149,8 @@ def summary(table: list[PointRatios], within: float) -> str:
             f"; {counts['spread']} without a verdict (tries on both sides of 1: the host drifted more than"
             f" {within:.0%} between the halves of a try)"
         )
+    if counts["disturbed"]:
+        count += f"; {counts['disturbed']} without a steady try (every try of the row had a disturbed timing)"
     if counts["unmeasured"]:
         count += f"; {counts['unmeasured']} not measured (a row failed)"
     shown = {"miss": "miss", "spread": "no verdict"}
@@ -134,9 +161,11 @@ def summary(table: list[PointRatios], within: float) -> str:
     ]
     flagged, timings = sum(p.disturbed for p in table), sum(p.timings for p in table)
     if flagged:
+        left = sum(sum(p.left_out.values()) for p in table)
         count += (
-            f"\n{flagged} of {timings} timings were flagged as taken on a disturbed machine (suites/steadiness.py):"
-            " a cell from them measures the host's other load as much as the protocol"
+            f"\n{flagged} of {timings} timings were flagged as taken on a disturbed machine (suites/steadiness.py);"
+            f" {left} tries of a row that had one were left out of its cell and taken again, up to {RETAKES}x"
+            " --tries tries a point"
         )
     return "\n" + count + "\n" + "".join(f"{o}\n" for o in outside)
 
@@ -146,7 +175,7 @@ def exit_code(table: list[PointRatios], within: float) -> int:
     kinds = {v for _, _, v in _verdicts(table, within)}
     if kinds & {"miss", "unmeasured"}:
         return 1
-    return 3 if "spread" in kinds else 0
+    return 3 if kinds & {"spread", "disturbed"} else 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

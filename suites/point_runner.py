@@ -55,12 +55,13 @@ class PointRunner:
         self.peaks = spec.peaks
         if self.peaks is None:
             self.peaks = measure_peaks(self.device, [getattr(torch, d) for d in measured])
-        self.watch = WatchedTimer(self.budget, self.nvml, self.peaks, spec.canary_ms)
+        self.watch = WatchedTimer(self.budget, self.nvml, self.peaks, spec.canary_ms, spec.sync_ms)
 
     def describe(self) -> dict:
         return {
             "peaks": self.peaks,
             "canary_ms": self.watch.baseline_ms,
+            "sync_ms": self.watch.sync_baseline_ms,
             "llc_bytes": self.llc_bytes,
             "llc_source": self.llc_source,
             "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None,

@@ -25,7 +25,14 @@ from suites.timing_settings import TimingSettings
 from suites.worker import InlineWorker, Worker, WorkerSpec
 
 FAILING = ("wrong", "error", "timeout")
-WORKER_FACTS = ("peaks", "canary_ms", "llc_bytes", "llc_source", "malloc_tunables")  # run.json, from the worker
+WORKER_FACTS = (
+    "peaks",
+    "canary_ms",
+    "sync_ms",
+    "llc_bytes",
+    "llc_source",
+    "malloc_tunables",
+)  # run.json, from the worker
 
 
 @dataclass

@@ -127,6 +127,13 @@ RESULT_COLUMNS: dict[str, str] = {
     "baseline was the slowed one and this window's clean median becomes the baseline of the points after it)",
     "canary_baseline_ms": "the canary's median the window was judged against: its best of three windows alone at "
     "the start of the run, or a later clean window's if that was faster by more than disturb_canary_drift",
+    "sync_ms": "median ms of the thread-sync probe (20 parallel adds of one grain per thread, timed beside the rows: "
+    "how fast this process's CPUs reach each other, which depends on where the host placed them); null on CUDA "
+    "and with one thread",
+    "sync_rel_iqr": "IQR / median of the thread-sync probe in the window",
+    "sync_drift": "sync_ms / sync_baseline_ms - 1 (disturbed above disturb_sync_drift; below it, as for the canary, "
+    "this window's clean median becomes the baseline of the points after it)",
+    "sync_baseline_ms": "the thread-sync probe's median the window was judged against, found as the canary's",
     "gpu_throttle": "list of NVML clock-event reasons seen before or after the window (power cap, thermal, ...)",
     "sm_clock_fraction": "SM clock / its maximum after the window (NVML)",
     "temperature_c": "GPU temperature after the window (NVML)",

@@ -1,9 +1,13 @@
 """Was the machine steady while a point was timed? Signals read over the point's timing window, and the verdict.
 
 A tight spread is no proof of a steady machine: a burst of contention that lasts the whole window slows every
-sample alike. So each window records what the OS and the device say happened during it, plus a canary (a
-fixed small matmul timed as one more row of the round-robin), and a point is `disturbed` when any signal
-passes its threshold. Signals the OS or device lacks are null with a reason, never a guess.
+sample alike. So each window records what the OS and the device say happened during it, plus two probes timed as
+more rows of the round-robin, and a point is `disturbed` when any signal passes its threshold. The canary, a
+fixed matmul of about 1 ms, sees a slower or busier CPU. The sync probe (CPU, two or more threads), a few small
+parallel adds, sees where the host placed this process's CPUs: on a 2-vCPU AMD EPYC guest the host moved them
+every few seconds between two placements, and in one the adds took 6.1 us against 4.5 us, 32-256-row matmuls
+35 us against 27 us, and sort_group's fine-32x4 train step at 256 tokens 9.0 ms against 6.4 ms, while the 1 ms
+matmul did not move. Signals the OS or device lacks are null with a reason, never a guess.
 
 CPU (Linux):
     cpu_pressure_ms   /proc/pressure/cpu `some` total: ms in which a runnable task waited for a CPU
@@ -38,6 +42,8 @@ class Thresholds:
     ctx_switches_per_s: float
     canary_drift: float
     canary_rel_iqr: float
+    sync_drift: float
+    sync_rel_iqr: float
 
     @classmethod
     def of(cls, s: TimingSettings) -> Thresholds:
@@ -47,6 +53,8 @@ class Thresholds:
             ctx_switches_per_s=s.disturb_ctx_switches_per_s,
             canary_drift=s.disturb_canary_drift,
             canary_rel_iqr=s.disturb_canary_rel_iqr,
+            sync_drift=s.disturb_sync_drift,
+            sync_rel_iqr=s.disturb_sync_rel_iqr,
         )
 
 
@@ -120,20 +128,44 @@ def canary_verdict(samples_ms: list[float], baseline_ms: float | None, t: Thresh
     """The canary's columns, and the reasons it calls the window disturbed. Only a slower canary is one: a
     disturbance can slow a matmul, never speed it up, so a canary faster than the baseline says the baseline
     was timed on a slowed machine (WatchedTimer then takes the faster figure as the baseline)."""
-    cols = {"canary_ms": None, "canary_rel_iqr": None, "canary_drift": None, "canary_baseline_ms": baseline_ms}
+    return probe_verdict("canary", "canary", samples_ms, baseline_ms, t.canary_drift, t.canary_rel_iqr)
+
+
+def sync_verdict(samples_ms: list[float] | None, baseline_ms: float | None, t: Thresholds) -> tuple[dict, list[str]]:
+    """The thread-sync probe's columns and reasons (suites/watch.py sync_row); all null, and no reason, where no
+    probe ran (one intra-op thread, or a CUDA run)."""
+    if samples_ms is None:
+        return dict.fromkeys(("sync_ms", "sync_rel_iqr", "sync_drift", "sync_baseline_ms")), []
+    return probe_verdict(
+        "sync",
+        "thread sync (the host moved this process's CPUs)",
+        samples_ms,
+        baseline_ms,
+        t.sync_drift,
+        t.sync_rel_iqr,
+    )
+
+
+def probe_verdict(
+    name: str, what: str, samples_ms: list[float], baseline_ms: float | None, drift_limit: float, iqr_limit: float
+) -> tuple[dict, list[str]]:
+    """A probe's columns ({name}_ms, _rel_iqr, _drift, _baseline_ms) and why it calls the window disturbed:
+    a median more than `drift_limit` above the baseline, or an IQR / median above `iqr_limit`."""
+    cols = {f"{name}_ms": None, f"{name}_rel_iqr": None, f"{name}_drift": None, f"{name}_baseline_ms": baseline_ms}
     if not samples_ms:
-        return cols, ["canary: no samples"]
+        return cols, [f"{what}: no samples"]
     stats = Stats.of(samples_ms)
     drift = stats.median / baseline_ms - 1 if baseline_ms else None
     reasons = []
-    if drift is not None and drift > t.canary_drift:
+    if drift is not None and drift > drift_limit:
         reasons.append(
-            f"canary: {stats.median:.3g} ms vs {baseline_ms:.3g} ms, the run's baseline "
-            f"({drift:+.0%}, limit +{t.canary_drift:.0%})"
+            f"{what}: {stats.median:.3g} ms vs {baseline_ms:.3g} ms, the run's baseline "
+            f"({drift:+.0%}, limit +{drift_limit:.0%})"
         )
-    if stats.rel_iqr > t.canary_rel_iqr:
-        reasons.append(f"canary spread: IQR/median {stats.rel_iqr:.2f} > {t.canary_rel_iqr:.2f}")
-    return cols | {"canary_ms": stats.median, "canary_rel_iqr": stats.rel_iqr, "canary_drift": drift}, reasons
+    if stats.rel_iqr > iqr_limit:
+        reasons.append(f"{what} spread: IQR/median {stats.rel_iqr:.2f} > {iqr_limit:.2f}")
+    values = {f"{name}_ms": stats.median, f"{name}_rel_iqr": stats.rel_iqr, f"{name}_drift": drift}
+    return cols | values, reasons
 
 
 def cpu_verdict(window: Window, t: Thresholds) -> list[str]:

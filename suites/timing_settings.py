@@ -58,6 +58,16 @@ class TimingSettings:
     disturb_canary_rel_iqr: float = field(
         default=0.25, metadata={"help": "disturbed when the canary's IQR / median exceeds this"}
     )
+    disturb_sync_drift: float = field(
+        default=0.15,
+        metadata={
+            "help": "CPU: disturbed when the thread-sync probe's median is this much above the run's baseline "
+            "(the host moved this process's CPUs; a clean window this much below it becomes the baseline)"
+        },
+    )
+    disturb_sync_rel_iqr: float = field(
+        default=0.25, metadata={"help": "CPU: disturbed when the thread-sync probe's IQR / median exceeds this"}
+    )
     timeout_s: float = field(
         default=300.0,
         metadata={

@@ -1,6 +1,7 @@
-"""Timing under watch: a point's rows are timed round-robin beside a canary (a fixed matmul of about CANARY_MS),
-with the CPU's and GPU's state read around them (suites/steadiness.py). A disturbed try is paused and timed
-again, up to `retimes` times; the earlier tries' samples stay with their rows."""
+"""Timing under watch: a point's rows are timed round-robin beside a canary (a fixed matmul of about CANARY_MS)
+and, on a CPU with two or more threads, a thread-sync probe (SYNC_CALLS small parallel adds), with the CPU's and
+GPU's state read around them (suites/steadiness.py). A disturbed try is paused and timed again, up to `retimes`
+times; the earlier tries' samples stay with their rows."""
 
 from __future__ import annotations
 
@@ -15,44 +16,59 @@ from suites.checks import CheckedRow
 from suites.copies import CopyBudget
 from suites.nvml import NVML
 from suites.schema import lowers_baseline
-from suites.steadiness import Thresholds, Window, canary_verdict, cpu_verdict, gpu_verdict
+from suites.steadiness import Thresholds, Window, canary_verdict, cpu_verdict, gpu_verdict, sync_verdict
 from suites.timing import RowCalls, RowTiming, time_rows
 
 CANARY = "__canary__"  # the hidden row: a fixed matmul of about CANARY_MS, timed beside every point's rows
 CANARY_MS = 1.0
-BASELINE_WINDOWS = 3  # the start-of-run baseline is the fastest of these: a disturbance only slows a matmul
+SYNC = "__sync__"  # the hidden row that sees where the host placed this process's CPUs
+GRAIN = 32768  # at::internal::GRAIN_SIZE: elements below which ATen runs an elementwise op on one thread
+SYNC_CALLS = 20  # adds per sample: about 0.1 ms, so one sample a round costs the rows nothing
+BASELINE_WINDOWS = 3  # the start-of-run baseline is the fastest of these: a disturbance only slows a probe
 
 
 class WatchedTimer:
-    """Times rows with the canary. `baseline_ms` is what its median is judged against: the fastest of
-    BASELINE_WINDOWS windows of the canary alone at the start of the run (measured when not given, so a run's
-    later workers share the first one's), lowered to a later clean window's median when that is faster by more
-    than the drift limit. A disturbed start would otherwise flag every point after it, as a CI machine's did:
-    1.5 ms at the start, 0.94-1.23 ms beside the rows, every clean point flagged at -18% to -37%."""
+    """Times rows with the probes. `baseline_ms` (the canary's) and `sync_baseline_ms` are what each probe's
+    median is judged against: the fastest of BASELINE_WINDOWS windows of the probe alone at the start of the run
+    (measured when not given, so a run's later workers share the first one's), lowered to a later clean window's
+    median when that is faster by more than the drift limit. A disturbed start would otherwise flag every point
+    after it, as a CI machine's did: 1.5 ms at the start, 0.94-1.23 ms beside the rows, every clean point flagged
+    at -18% to -37%."""
 
-    def __init__(self, budget: CopyBudget, nvml: NVML, peaks: dict, baseline_ms: float | None) -> None:
+    def __init__(
+        self, budget: CopyBudget, nvml: NVML, peaks: dict, baseline_ms: float | None, sync_ms: float | None = None
+    ) -> None:
         self.budget, self.nvml = budget, nvml
         self.thresholds = Thresholds.of(budget.timing)
         self.canary = canary_row(budget, peaks)
-        self.baseline_ms = baseline_ms if baseline_ms is not None else self._canary_alone()
+        self.sync = sync_row(budget.device)
+        self.baseline_ms = baseline_ms if baseline_ms is not None else self._alone(self.canary)
+        self.sync_baseline_ms = sync_ms
+        if self.sync is not None and sync_ms is None:
+            self.sync_baseline_ms = self._alone(self.sync)
 
     def time(self, pending: list[CheckedRow]) -> tuple[dict[str, RowTiming], dict]:
         """Every row's timing, and the steadiness columns of the try that was kept."""
-        s = self.budget.timing
+        s, t = self.budget.timing, self.thresholds
         rows = {r.name: r.calls for r in pending}
         rows[CANARY] = replace(self.canary, watch=True)
+        if self.sync is not None:
+            rows[SYNC] = replace(self.sync, watch=True)
         timed_from = time.time()
         for attempt in range(s.retimes + 1):
             gpu_before = self.nvml.clock_state()
             window = Window().start()
             timings = time_rows(rows, self.budget.device, s)
             window.stop()
-            canary = timings.pop(CANARY)
+            canary, sync = timings.pop(CANARY), timings.pop(SYNC, None)
             gpu_cols, gpu_reasons = gpu_verdict(gpu_before, self.nvml.clock_state())
-            canary_cols, canary_reasons = canary_verdict(canary.samples_ms, self.baseline_ms, self.thresholds)
-            reasons = cpu_verdict(window, self.thresholds) + canary_reasons + gpu_reasons
-            if lowers_baseline(canary_cols["canary_ms"], self.baseline_ms, self.thresholds.canary_drift, bool(reasons)):
+            canary_cols, canary_reasons = canary_verdict(canary.samples_ms, self.baseline_ms, t)
+            sync_cols, sync_reasons = sync_verdict(sync and sync.samples_ms, self.sync_baseline_ms, t)
+            reasons = cpu_verdict(window, t) + canary_reasons + sync_reasons + gpu_reasons
+            if lowers_baseline(canary_cols["canary_ms"], self.baseline_ms, t.canary_drift, bool(reasons)):
                 self.baseline_ms = canary_cols["canary_ms"]
+            if lowers_baseline(sync_cols["sync_ms"], self.sync_baseline_ms, t.sync_drift, bool(reasons)):
+                self.sync_baseline_ms = sync_cols["sync_ms"]
             if not reasons or attempt == s.retimes:
                 break
             for r in pending:
@@ -67,18 +83,19 @@ class WatchedTimer:
             "timed_to": time.time(),
             **window.signals,
             **canary_cols,
+            **sync_cols,
             **gpu_cols,
             "signals_missing": window.missing or None,
         }
         return timings, steadiness
 
-    def _canary_alone(self) -> float:
+    def _alone(self, probe: RowCalls) -> float:
         medians = []
         for _ in range(BASELINE_WINDOWS):
-            timing = time_rows({CANARY: self.canary}, self.budget.device, self.budget.timing)
-            if timing[CANARY].error is not None:
-                raise timing[CANARY].error
-            medians.append(timing[CANARY].stats.median)
+            timing = time_rows({"probe": probe}, self.budget.device, self.budget.timing)["probe"]
+            if timing.error is not None:
+                raise timing.error
+            medians.append(timing.stats.median)
         return min(medians)
 
 
@@ -96,3 +113,20 @@ def canary_row(budget: CopyBudget, peaks: dict) -> RowCalls:
 
 def _mm(a: torch.Tensor, b: torch.Tensor) -> Callable[[], object]:
     return lambda: torch.mm(a, b)
+
+
+def sync_row(device: torch.device) -> RowCalls | None:
+    """SYNC_CALLS parallel adds of one ATen grain per intra-op thread: each add is a fork and a join of the
+    thread pool, so its time is how fast this process's CPUs reach each other, which depends on where the host
+    placed them (shared cache or not). None on CUDA and with one thread, where there is nothing to join."""
+    threads = torch.get_num_threads()
+    if device.type != "cpu" or threads < 2:
+        return None
+    x = torch.ones(GRAIN * threads)
+    out = torch.empty_like(x)
+
+    def probe() -> None:
+        for _ in range(SYNC_CALLS):
+            torch.add(x, 1.0, out=out)
+
+    return RowCalls([probe], pool=SYNC)

@@ -45,8 +45,8 @@ class WorkerLost(Exception):
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What a worker needs to measure points like every other worker of the run (picklable); `canary_ms` is the
-    canary's current baseline (suites/watch.py)."""
+    """What a worker needs to measure points like every other worker of the run (picklable); `canary_ms` and
+    `sync_ms` are the probes' current baselines (suites/watch.py)."""
 
     device: str
     threads: int
@@ -55,6 +55,7 @@ class WorkerSpec:
     dtypes: tuple[str, ...] = ("float32",)  # the peaks are measured in each
     peaks: dict | None = None  # measured by the first worker, handed to its successors
     canary_ms: float | None = None
+    sync_ms: float | None = None
 
 
 def _context() -> mp.context.BaseContext:
@@ -111,7 +112,7 @@ def serve(conn, spec: WorkerSpec) -> None:
         except Exception:  # the harness's own failure, not a row's: the runner re-raises it with this traceback
             conn.send(("internal", traceback.format_exc()))
             continue
-        conn.send(("done", runner.watch.baseline_ms))
+        conn.send(("done", (runner.watch.baseline_ms, runner.watch.sync_baseline_ms)))
 
 
 class Worker:
@@ -137,8 +138,8 @@ class Worker:
         if kind != "ready":
             raise RuntimeError(f"worker: expected 'ready', got {kind!r}")
         self.info = info
-        # successors reuse the first worker's peaks and canary, so every row of the run is on one footing
-        self.spec = replace(self.spec, peaks=info["peaks"], canary_ms=info["canary_ms"])
+        # successors reuse the first worker's peaks and probe baselines, so every row of the run is on one footing
+        self.spec = replace(self.spec, peaks=info["peaks"], canary_ms=info["canary_ms"], sync_ms=info["sync_ms"])
         return info
 
     def run_point(self, point: Point, todo: list[str], note: str | None) -> Iterator[dict]:
@@ -153,9 +154,10 @@ class Worker:
                 stage, rows, limit = payload
             elif kind == "row":
                 yield payload
-            elif kind == "done":  # with the canary's baseline, which a clean, faster window may have lowered
+            elif kind == "done":  # with the probes' baselines, which a clean, faster window may have lowered
                 self.busy = False
-                self.spec = replace(self.spec, canary_ms=payload)
+                canary_ms, sync_ms = payload
+                self.spec = replace(self.spec, canary_ms=canary_ms, sync_ms=sync_ms)
                 return
             elif kind == "internal":
                 self.busy = False

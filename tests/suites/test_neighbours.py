@@ -6,7 +6,7 @@ import re
 
 from suites import spec
 from suites.cli import main
-from suites.neighbours import PointRatios, exit_code, measure, render, verdict
+from suites.neighbours import RETAKES, PointRatios, exit_code, measure, render, verdict
 
 TINY = """
 description = "one small point, two rows"
@@ -35,10 +35,10 @@ tokens = [8]
 
 
 def test_each_try_alternates_which_side_runs_first_and_a_cell_is_the_median_ratio():
-    """A stand-in for the worker that records the order and answers 2 ms with neighbours and, alone, 1 ms at a
-    row's first two tries and 4 ms at its third: ratios 2, 2 and 0.5, median 2. A row it never measures is None.
-    It flags b's timings alone as disturbed, as the runner flags a point timed beside other load: the point counts
-    them and the summary says what such a cell measures."""
+    """A stand-in for the worker that records the order and answers 2 ms with neighbours and, alone, 4 ms at a
+    row's third call and 1 ms otherwise. It flags b's first two timings alone as disturbed, as the runner flags a
+    window whose probes moved: those tries of b are left out and taken again, timing alone only the rows still
+    short of steady tries (b), until b has 3. A row it never measures is None and not timed again."""
     point = spec.load("smoke").points[0]
     calls: list[tuple[str, ...]] = []
     alone_calls = {"a": 0, "b": 0}
@@ -51,22 +51,44 @@ def test_each_try_alternates_which_side_runs_first_and_a_cell_is_the_median_rati
         if r == "lost":
             return [{"impl": r, "status": "error", "latency_ms_median": None}]
         alone_calls[r] += 1
-        return [
-            {"impl": r, "status": "ok", "latency_ms_median": 4.0 if alone_calls[r] == 3 else 1.0, "disturbed": r == "b"}
-        ]
+        ms = 4.0 if alone_calls[r] == 3 else 1.0
+        return [{"impl": r, "status": "ok", "latency_ms_median": ms, "disturbed": r == "b" and alone_calls[r] <= 2}]
 
     (cell,) = list(measure([point], ["a", "b", "lost"], run_point, tries=3))
     both = ("a", "b", "lost")
-    assert calls == [both, ("a",), ("b",), ("lost",), ("lost",), ("b",), ("a",), both, both, ("a",), ("b",), ("lost",)]
-    assert cell.ratios == {"a": 2.0, "b": 2.0, "lost": None} and (cell.disturbed, cell.timings) == (3, 12)
+    first_three = [both, ("a",), ("b",), ("lost",), ("b",), ("a",), both, both, ("a",), ("b",)]
+    assert calls == [*first_three, ("b",), both, both, ("b",)], calls  # two more tries, b alone each
+    assert cell.tries == {"a": [2.0, 2.0, 0.5], "b": [0.5, 2.0, 2.0], "lost": []}
+    assert cell.ratios == {"a": 2.0, "b": 2.0, "lost": None} and (cell.disturbed, cell.timings) == (2, 14)
+    assert cell.left_out == {"a": 0, "b": 2, "lost": 0}
     assert exit_code([cell], 0.05) == 1  # a row not measured
     text = render([cell], ["a", "b", "lost"], 0.05)
-    assert "| 2.000 | 2.000 | - | 3 of 12 |" in text
+    assert "| 2.000 | 2.000 | - | 2 of 14 |" in text
     assert "0 of 3 cells within 5% (2.000 to 2.000); 0 outside it on every try; 2 without a verdict" in text
     assert "; 1 not measured (a row failed)" in text
-    assert "3 of 12 timings were flagged as taken on a disturbed machine" in text
+    assert "2 of 14 timings were flagged as taken on a disturbed machine" in text
+    assert "2 tries of a row that had one were left out of its cell and taken again" in text
     # a cell outside shows its tries: these lie on both sides of 1
     assert f"- a at {cell.label}: 2.000 (no verdict), tries 2.00, 2.00, 0.50" in text.splitlines(), text
+
+
+def test_a_row_with_no_steady_try_has_no_verdict_and_is_timed_at_most_retakes_times_tries():
+    """Every timing of b alone flagged: b gets RETAKES x 2 tries, none of which counts, and no verdict (exit 3),
+    while a, steady, is judged from its first 2 tries."""
+    point = spec.load("smoke").points[0]
+    calls: list[tuple[str, ...]] = []
+
+    def run_point(p, todo):
+        calls.append(tuple(todo))
+        return [{"impl": r, "status": "ok", "latency_ms_median": 1.0, "disturbed": todo == ["b"]} for r in todo]
+
+    (cell,) = list(measure([point], ["a", "b"], run_point, tries=2))
+    assert calls.count(("b",)) == RETAKES * 2 and calls.count(("a",)) == 2
+    assert cell.ratios == {"a": 1.0, "b": None} and cell.left_out["b"] == RETAKES * 2
+    assert exit_code([cell], 0.05) == 3
+    assert "1 of 2 cells within 5% (1.000 to 1.000); 0 outside it on every try; 1 without a steady try" in render(
+        [cell], ["a", "b"], 0.05
+    )
 
 
 def _cell(tries: dict[str, list[float]]) -> PointRatios:
@@ -96,11 +118,14 @@ def test_the_command_times_a_point_with_and_without_its_neighbours(tmp_path, cap
     code = main(["neighbours", str(suite), "--tries", "2", "--within", "0.5"])
     out = capsys.readouterr().out
     (row,) = [line for line in out.splitlines() if line.startswith("| tiny T=8 float32 forward softmax_topk |")]
-    cells = [float(c) for c in row.strip(" |").split("|")[1:-1]]
-    assert re.fullmatch(r"\d of 6", row.strip(" |").split("|")[-1].strip()), row  # 2 tries: together and each row alone
-    assert len(cells) == 2 and all(0.3 < c < 3 for c in cells), row
-    match = re.search(r"(\d+) of 2 cells within 50% \(.*\); (\d+) outside it on every try", out)
+    cells = [c.strip() for c in row.strip(" |").split("|")[1:-1]]
+    assert re.fullmatch(r"\d+ of \d+", row.strip(" |").split("|")[-1].strip()), row  # together and each row alone
+    # "-": no try of the row on a steady machine (its probes flagged every window), which the summary says
+    steady = [float(c) for c in cells if c != "-"]
+    assert len(cells) == 2 and all(0.3 < c < 3 for c in steady), row
+    match = re.search(r"(\d+) of 2 cells within 50% .*; (\d+) outside it on every try", out)
     assert match, out
+    assert (len(steady) < 2) == ("without a steady try" in out), out
     assert code == (0 if match.group(1) == "2" else 1 if match.group(2) != "0" else 3)
 
 

@@ -22,9 +22,11 @@ from suites.steadiness import (
     canary_verdict,
     cpu_verdict,
     gpu_verdict,
+    sync_verdict,
 )
 from suites.suite_model import Point
 from suites.timing_settings import TimingSettings
+from suites.watch import SYNC_CALLS, sync_row
 from suites.worker import Worker, WorkerSpec
 
 LIMITS = Thresholds.of(TimingSettings())
@@ -53,6 +55,37 @@ def test_canary_drift_and_spread_by_hand():
     # sorted [1, 1, 2, 3, 3]: median 2, IQR 3 - 1 = 2 -> 1.0 > 0.25
     _, reasons = canary_verdict([1.0, 3.0, 2.0, 1.0, 3.0], 2.0, LIMITS)
     assert reasons == ["canary spread: IQR/median 1.00 > 0.25"]
+
+
+def test_the_sync_probe_is_judged_as_the_canary_and_is_absent_where_there_is_nothing_to_join():
+    """The values of a 2-vCPU AMD EPYC guest whose host moved its CPUs: 20 adds took 0.09 ms in one placement and
+    0.12 ms in the other (where sort_group's fine-32x4 train step ran 1.4x slower); the 1 ms canary did not move."""
+    steady, reasons = sync_verdict([0.09] * 9, 0.09, LIMITS)
+    assert steady["sync_drift"] == pytest.approx(0.0) and not reasons
+    moved, reasons = sync_verdict([0.12] * 9, 0.09, LIMITS)
+    assert moved["sync_ms"] == 0.12 and reasons == [
+        "thread sync (the host moved this process's CPUs): 0.12 ms vs 0.09 ms, the run's baseline (+33%, limit +15%)"
+    ]
+    nulls, reasons = sync_verdict(None, 0.09, LIMITS)
+    assert set(nulls.values()) == {None} and not reasons
+    assert sync_row(torch.device("meta")) is None
+
+
+def test_the_sync_probe_runs_every_add_on_the_pool(monkeypatch):
+    """One call is SYNC_CALLS adds of one grain per thread, so each fork-joins the intra-op pool (one thread: no
+    probe)."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert sync_row(torch.device("cpu")) is None
+        torch.set_num_threads(2)
+        row = sync_row(torch.device("cpu"))
+        seen = []
+        monkeypatch.setattr(torch, "add", lambda x, v, out: seen.append(x.numel()) or out)
+        row.calls[0]()
+        assert seen == [2 * 32768] * SYNC_CALLS
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_a_point_timed_before_the_baseline_was_lowered_is_judged_against_the_lowered_one():
