@@ -12,9 +12,12 @@ A try of a row counts only when neither of its two timings was flagged as taken 
 (suites/steadiness.py: on a shared host, mostly the host moving this process's CPUs, which moved sort_group's
 train step by 1.4x): such a try is left out and taken again (only the rows still short of --tries steady tries are
 timed alone again), up to RETAKES x --tries tries a point. Each point says how many of its timings were flagged.
+With --tries 2 or more, a cell is judged only from steady tries in both orders: a row whose steady tries all ran in
+one order has no verdict (on a host that drifts, a cell from one order measured the drift between the two halves,
+as one try of padded at 1.24 did while 41 of 72 of its point's timings were flagged).
 A point's line is printed as soon as it is measured. Exit 0 when every cell is within
-`--within` of 1, 1 when a cell is a miss (or a row was not measured), 3 when the only cells outside have no verdict or no
-steady try (measure again on a quieter machine), 2 for bad arguments.
+`--within` of 1, 1 when a cell is a miss (or a row was not measured), 3 when the only cells outside have no verdict,
+no steady try or steady tries in one order only (measure again on a quieter machine), 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class PointRatios:
     disturbed: int  # how many of them the runner flagged as timed on a disturbed machine
     left_out: dict[str, int] = field(default_factory=dict)  # row -> tries left out: a timing of it was flagged
     unmeasured: frozenset[str] = frozenset()  # rows a try did not measure (the row failed)
+    one_sided: frozenset[str] = frozenset()  # rows whose steady tries all ran in one order (of 2 or more asked)
 
 
 def measure(points: Sequence[Point], rows: Sequence[str], run_point: RunPoint, tries: int) -> Iterator[PointRatios]:
@@ -57,6 +61,7 @@ def measure(points: Sequence[Point], rows: Sequence[str], run_point: RunPoint, t
 
 def _point(point: Point, rows: list[str], run_point: RunPoint, tries: int) -> PointRatios:
     per_try: dict[str, list[float]] = {r: [] for r in rows}
+    orders: dict[str, set[bool]] = {r: set() for r in rows}  # alone first or not, of each steady try
     left_out = dict.fromkeys(rows, 0)
     missing: set[str] = set()
     flags: list[bool] = []
@@ -70,8 +75,11 @@ def _point(point: Point, rows: list[str], run_point: RunPoint, tries: int) -> Po
             if row.get("status") == "ok"
         }
 
+    def short(r: str) -> bool:
+        return len(per_try[r]) < tries or (tries > 1 and len(orders[r]) < 2)
+
     def wanted() -> list[str]:
-        return [r for r in rows if r not in missing and len(per_try[r]) < tries]
+        return [r for r in rows if r not in missing and short(r)]
 
     for i in range(tries * RETAKES):
         todo = wanted()
@@ -89,8 +97,10 @@ def _point(point: Point, rows: list[str], run_point: RunPoint, tries: int) -> Po
                 left_out[r] += 1
             else:
                 per_try[r].append(together[r][0] / alone[r][0])
+                orders[r].add(i % 2 == 1)
     ratios = {r: statistics.median(per_try[r]) if per_try[r] and r not in missing else None for r in rows}
-    return PointRatios(label(point), ratios, per_try, len(flags), sum(flags), left_out, frozenset(missing))
+    one_sided = frozenset(r for r in rows if ratios[r] is not None and tries > 1 and len(orders[r]) < 2)
+    return PointRatios(label(point), ratios, per_try, len(flags), sum(flags), left_out, frozenset(missing), one_sided)
 
 
 def _alone(order: list[str], timed: Callable[[list[str]], dict]) -> dict[str, tuple[float, bool]]:
@@ -123,9 +133,12 @@ def verdict(ratio: float | None, tries: Sequence[float], within: float) -> str:
 
 
 def _verdict(p: PointRatios, row: str, within: float) -> str:
-    """A row's verdict at its point; `disturbed` when it was measured, but no try of it on a steady machine."""
+    """A row's verdict at its point; `disturbed` when it was measured, but no try of it on a steady machine;
+    `one-sided` when its steady tries all ran in one order."""
     if p.ratios[row] is None and row not in p.unmeasured and p.left_out.get(row):
         return "disturbed"
+    if row in p.one_sided:
+        return "one-sided"
     return verdict(p.ratios[row], p.tries[row], within)
 
 
@@ -138,7 +151,7 @@ def summary(table: list[PointRatios], within: float) -> str:
     tries."""
     cells = _verdicts(table, within)
     values = [p.ratios[r] for p, r, v in cells if p.ratios[r] is not None]
-    kinds = ("within", "miss", "spread", "disturbed", "unmeasured")
+    kinds = ("within", "miss", "spread", "one-sided", "disturbed", "unmeasured")
     counts = {kind: sum(v == kind for _, _, v in cells) for kind in kinds}
     count = f"{counts['within']} of {len(cells)} cells within {within:.0%}"
     if values:
@@ -149,11 +162,16 @@ def summary(table: list[PointRatios], within: float) -> str:
             f"; {counts['spread']} without a verdict (tries on both sides of 1: the host drifted more than"
             f" {within:.0%} between the halves of a try)"
         )
+    if counts["one-sided"]:
+        count += (
+            f"; {counts['one-sided']} without a verdict (steady tries in one order only: the drift between the halves"
+            " of a try does not cancel)"
+        )
     if counts["disturbed"]:
         count += f"; {counts['disturbed']} without a steady try (every try of the row had a disturbed timing)"
     if counts["unmeasured"]:
         count += f"; {counts['unmeasured']} not measured (a row failed)"
-    shown = {"miss": "miss", "spread": "no verdict"}
+    shown = {"miss": "miss", "spread": "no verdict", "one-sided": "no verdict, one order"}
     outside = [
         f"- {r} at {p.label}: {p.ratios[r]:.3f} ({shown[v]}), tries " + ", ".join(f"{t:.2f}" for t in p.tries[r])
         for p, r, v in cells
@@ -175,7 +193,7 @@ def exit_code(table: list[PointRatios], within: float) -> int:
     kinds = {v for _, _, v in _verdicts(table, within)}
     if kinds & {"miss", "unmeasured"}:
         return 1
-    return 3 if kinds & {"spread", "disturbed"} else 0
+    return 3 if kinds & {"spread", "one-sided", "disturbed"} else 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -91,6 +91,37 @@ def test_a_row_with_no_steady_try_has_no_verdict_and_is_timed_at_most_retakes_ti
     )
 
 
+def test_a_row_steady_in_one_order_only_is_taken_again_and_then_has_no_verdict():
+    """b's timings alone are flagged in every try that times the rows alone first (its 2nd, 4th, ... alone), as a
+    host that drifts in step with the tries would: b's two steady tries both ran round-robin first, so it is taken
+    again up to RETAKES x --tries tries, and then has no verdict (exit 3), however far from 1 its tries lie."""
+    point = spec.load("smoke").points[0]
+    calls: list[tuple[str, ...]] = []
+    b_alone = 0
+
+    def run_point(p, todo):
+        nonlocal b_alone
+        calls.append(tuple(todo))
+        b_alone += todo == ["b"]
+        ms = 1.0 if todo == ["b"] else 1.5
+        return [
+            {"impl": r, "status": "ok", "latency_ms_median": ms, "disturbed": todo == ["b"] and b_alone % 2 == 0}
+            for r in todo
+        ]
+
+    (cell,) = list(measure([point], ["a", "b"], run_point, tries=2))
+    assert calls.count(("b",)) == RETAKES * 2 and calls.count(("a",)) == 2
+    assert cell.tries == {"a": [1.0, 1.0], "b": [1.5, 1.5]} and cell.one_sided == {"b"}
+    assert exit_code([cell], 0.05) == 3
+    text = render([cell], ["a", "b"], 0.05)
+    assert (
+        "1 of 2 cells within 5% (1.000 to 1.500); 0 outside it on every try; 1 without a verdict (steady tries" in text
+    )
+    assert f"- b at {cell.label}: 1.500 (no verdict, one order), tries 1.50, 1.50" in text.splitlines(), text
+    (alone_once,) = list(measure([point], ["a", "b"], run_point, tries=1))
+    assert not alone_once.one_sided  # one try asked: one order is all there is
+
+
 def _cell(tries: dict[str, list[float]]) -> PointRatios:
     ratios = {r: sorted(t)[len(t) // 2] for r, t in tries.items()}
     return PointRatios("p", ratios, tries, timings=0, disturbed=0)
