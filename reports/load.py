@@ -186,10 +186,8 @@ def _show(value) -> str:
 def normalise(df: pd.DataFrame, canary_drift: float | None = None) -> pd.DataFrame:
     """Add missing schema columns, coerce types and derive the latency summary from the raw samples; with the
     run's canary drift limit, judge each window's canary against the run's last baseline (rejudge_canary)."""
-    df = df.copy()
-    for col in (*RESULT_COLUMNS, *OPTIONAL_COLUMNS):
-        if col not in df.columns:
-            df[col] = None
+    missing = [col for col in dict.fromkeys((*RESULT_COLUMNS, *OPTIONAL_COLUMNS)) if col not in df.columns]
+    df = pd.concat([df, pd.DataFrame(dict.fromkeys(missing), index=df.index, columns=missing, dtype=object)], axis=1)
     for col in NUMERIC_COLUMNS:
         numbers = pd.to_numeric(df[col], errors="coerce")
         if numbers.notna().any() or df[col].isna().all():  # else text the schema gained since: kept as read
@@ -212,7 +210,7 @@ def normalise(df: pd.DataFrame, canary_drift: float | None = None) -> pd.DataFra
     family = df["impl"].map(lambda i: "dense" if i in DENSE_IMPLS else "moe")
     df["family"] = df["family"].where(df["family"].notna(), family)
     _fill_latency(df)
-    df = df.reset_index(drop=True)
+    df = df.reset_index(drop=True).copy()  # one block per dtype again: the columns above were set one by one
     if canary_drift is not None:
         rejudge_canary(df, canary_drift)
     # A point is disturbed when any of its rows was: its rows were timed side by side, round-robin.

@@ -1,5 +1,7 @@
 import json
+import warnings
 
+import pandas as pd
 import pytest
 
 from reports.load import RunLoadError, load_run
@@ -43,6 +45,16 @@ def test_sparse_rows_get_every_column_and_a_summary_from_samples(tmp_path):
     assert df.loc[0, "latency_ms_median"] == 2.5
     assert df.loc[0, "tokens_per_s"] == 8 / 2.5e-3
     assert df.loc[0, "family"] == "moe"
+
+
+def test_a_sparse_run_loads_into_a_frame_the_report_can_extend_without_pandas_fragmentation(tmp_path):
+    """Every missing schema column was once inserted one by one: each of the report's later columns then warned
+    that the frame was highly fragmented (about 300 PerformanceWarnings over the report tests), and paid for it."""
+    synth.write_run(tmp_path, [{"impl": "loop", "tokens": 8, "samples_ms": [1.0, 2.0]}])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", pd.errors.PerformanceWarning)
+        _, df = load_run(tmp_path)
+        df.assign(group=0, rank=1)
 
 
 def test_a_point_timed_on_a_slowed_start_is_disturbed_once_a_later_window_lowered_the_baseline(tmp_path):
