@@ -75,8 +75,11 @@ def _point(point: Point, rows: list[str], run_point: RunPoint, tries: int) -> Po
             if row.get("status") == "ok"
         }
 
+    def one_order(r: str) -> bool:
+        return tries > 1 and len(orders[r]) < 2
+
     def short(r: str) -> bool:
-        return len(per_try[r]) < tries or (tries > 1 and len(orders[r]) < 2)
+        return len(per_try[r]) < tries or one_order(r)
 
     def wanted() -> list[str]:
         return [r for r in rows if r not in missing and short(r)]
@@ -99,7 +102,7 @@ def _point(point: Point, rows: list[str], run_point: RunPoint, tries: int) -> Po
                 per_try[r].append(together[r][0] / alone[r][0])
                 orders[r].add(i % 2 == 1)
     ratios = {r: statistics.median(per_try[r]) if per_try[r] and r not in missing else None for r in rows}
-    one_sided = frozenset(r for r in rows if ratios[r] is not None and tries > 1 and len(orders[r]) < 2)
+    one_sided = frozenset(r for r in rows if ratios[r] is not None and one_order(r))
     return PointRatios(label(point), ratios, per_try, len(flags), sum(flags), left_out, frozenset(missing), one_sided)
 
 
